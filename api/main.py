@@ -1,0 +1,41 @@
+"""The gateway app: `create_app(settings)` builds everything from the settings it is given."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import encode, health, jobs
+from api.state import Gateway
+from api.waiter import CompletionWaiter
+from common.jobs import AsyncJobStore
+from common.queueing import make_celery
+from common.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        store = AsyncJobStore(client, settings.result_ttl_s)
+        waiter = CompletionWaiter(client, store)
+        await waiter.start()
+        celery = make_celery(settings)
+        app.state.gateway = Gateway(settings, client, store, celery, waiter)
+        try:
+            yield
+        finally:
+            await waiter.stop()
+            celery.close()
+            await client.aclose()
+
+    app = FastAPI(title="loraq", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(encode.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,38 @@
+"""What the gateway holds for its lifetime, built in the app's lifespan from the settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from celery import Celery
+from tokenizers import Tokenizer
+
+from api.waiter import CompletionWaiter
+from common.jobs import AsyncJobStore
+from common.model_files import load_tokenizer, max_length
+from common.settings import Settings, resolve_model_path
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    redis: aioredis.Redis
+    store: AsyncJobStore
+    celery: Celery
+    waiter: CompletionWaiter
+    _tokenizers: dict[str, tuple[Tokenizer, int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model_dir(self, model_id: str) -> Path:
+        return resolve_model_path(self.settings.models[model_id])
+
+    def tokenizer(self, model_id: str) -> tuple[Tokenizer, int]:
+        """Loaded on first use: only `truncate=false` requests need one at the gateway."""
+        with self._lock:
+            if model_id not in self._tokenizers:
+                path = self.model_dir(model_id)
+                self._tokenizers[model_id] = (load_tokenizer(path), max_length(path))
+            return self._tokenizers[model_id]

@@ -1,0 +1,95 @@
+"""Validate an encode request and turn it into a queued job: shared by every submit route."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from anyio import to_thread
+
+from api.state import Gateway
+from common import keys
+from common.adapters import exists_locally
+from common.errors import (
+    AdapterNotFound,
+    InputTooLong,
+    ModelNotFound,
+    NoItems,
+    QueueUnavailable,
+    TooManyItems,
+)
+from common.model_files import check_not_truncated
+from common.queueing import publish
+from common.schemas import EncodeMessage, EncodeRequest, JobStatus, StoredJob, validate_lora_id
+
+log = logging.getLogger(__name__)
+
+
+def new_job_id() -> str:
+    """128 random bits: ids are capabilities, so they must not be guessable."""
+    return "job_" + secrets.token_urlsafe(16)
+
+
+async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
+    s = gw.settings
+    if model not in s.models:
+        raise ModelNotFound(f"model {model!r} is not served here; available: {sorted(s.models)}")
+    items = request.items
+    if not items:
+        raise NoItems("items is empty: send at least one item")
+    if len(items) > s.limits.max_items_per_job:
+        raise TooManyItems(
+            f"{len(items)} items in one job; the limit is {s.limits.max_items_per_job}"
+        )
+    for i, item in enumerate(items):
+        if len(item.text) > s.limits.max_text_chars:
+            raise InputTooLong(
+                f"item {i} has {len(item.text)} characters; the limit is {s.limits.max_text_chars}"
+            )
+    options = request.params.options
+    if options.lora_id is not None:
+        validate_lora_id(options.lora_id)
+        if s.adapters.check_at_submit and not exists_locally(s.adapters.dir, options.lora_id):
+            raise AdapterNotFound(f"adapter {options.lora_id!r} not found")
+    if not options.truncate:
+        tokenizer, limit = await to_thread.run_sync(gw.tokenizer, model)
+        texts = [item.text for item in items]
+        encodings = await to_thread.run_sync(tokenizer.encode_batch, texts)
+        check_not_truncated(encodings, limit)
+
+
+async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
+    """Validate, record the job, then publish it. If publishing fails the job is marked failed
+    and the caller gets 503, so no job is left looking queued with no message behind it."""
+    await validate(gw, model, request)
+    options = request.params.options
+    now = time.time()
+    ids = [item.id for item in request.items]
+    job = StoredJob(
+        id=new_job_id(),
+        status=JobStatus.QUEUED,
+        model=model,
+        lora_id=options.lora_id,
+        n_items=len(request.items),
+        item_ids=ids if any(i is not None for i in ids) else None,
+        created_at=now,
+    )
+    await gw.store.create(job)
+    message = EncodeMessage(
+        job_id=job.id,
+        model=model,
+        lora_id=options.lora_id,
+        texts=[item.text for item in request.items],
+        normalize=options.normalize,
+        truncate=options.truncate,
+        enqueued_at=now,
+    )
+    try:
+        await to_thread.run_sync(publish, gw.celery, message, keys.model_queue(model))
+    except Exception as exc:
+        log.exception("publishing job %s failed", job.id)
+        error = QueueUnavailable(f"the job queue is unavailable: {exc}")
+        await gw.store.fail(job.id, time.time(), error.code, error.message)
+        raise error from exc
+    return job

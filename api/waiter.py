@@ -1,0 +1,86 @@
+"""Wait for jobs to finish without polling Redis per request.
+
+One pub/sub subscription per gateway process hears every terminal transition (the job store's
+Lua publishes the job id) and wakes that job's waiters. A waiter also re-reads the job record
+every `recheck_s`, so a notification lost while the subscription reconnects costs at most that
+much latency, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common import keys
+from common.jobs import AsyncJobStore
+from common.schemas import StoredJob
+
+log = logging.getLogger(__name__)
+
+
+class CompletionWaiter:
+    def __init__(self, client: aioredis.Redis, store: AsyncJobStore, recheck_s: float = 1.0):
+        self._client = client
+        self._store = store
+        self._recheck_s = recheck_s
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="loraq-completion-waiter")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def wait(self, job_id: str, timeout: float) -> StoredJob | None:
+        """The job once terminal; None if it is not terminal within `timeout` seconds."""
+        event = asyncio.Event()
+        self._waiters[job_id].add(event)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                job = await self._store.get(job_id)
+                if job is None or job.status.terminal:
+                    return job
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, self._recheck_s))
+                event.clear()
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    def _wake(self, job_id: str) -> None:
+        for event in self._waiters.get(job_id, ()):
+            event.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self._client.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.JOB_DONE_CHANNEL)
+                    backoff = 0.1
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._wake(message["data"].decode())
+            except RedisError as exc:
+                log.warning("completion subscription lost (%s); retrying", exc)
+                for job_id in list(self._waiters):
+                    self._wake(job_id)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,177 @@
+"""Every failure a user can see, one class each, with a stable UPPER_SNAKE code.
+
+The same vocabulary serves HTTP answers (`{"error": {"code", "message"}}`) and failed jobs
+(`job.error`), so a client handles `ADAPTER_NOT_FOUND` the same whether the gateway could check
+the adapter at submit or a worker found out later. `http_status` is what the gateway answers when
+it raises the error itself. `Retryable` errors are worth trying again unchanged; `Permanent` ones
+are not.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class LoraqError(Exception):
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class Retryable(LoraqError):
+    """Trying again later, unchanged, can succeed."""
+
+
+class Permanent(LoraqError):
+    """The same request fails the same way every time."""
+
+
+class InvalidJson(Permanent):
+    code = "INVALID_JSON"
+    http_status = 400
+
+
+class UnsupportedMediaType(Permanent):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
+class InvalidInput(Permanent):
+    code = "INVALID_INPUT"
+    http_status = 422
+
+
+class NoItems(Permanent):
+    code = "NO_ITEMS"
+    http_status = 422
+
+
+class TooManyItems(Permanent):
+    code = "TOO_MANY_ITEMS"
+    http_status = 422
+
+
+class InputTooLong(Permanent):
+    code = "INPUT_TOO_LONG"
+    http_status = 422
+
+
+class BodyTooLarge(Permanent):
+    code = "BODY_TOO_LARGE"
+    http_status = 413
+
+
+class InvalidLoraId(Permanent):
+    code = "INVALID_LORA_ID"
+    http_status = 422
+
+
+class ModelNotFound(Permanent):
+    code = "MODEL_NOT_FOUND"
+    http_status = 404
+
+
+class AdapterNotFound(Permanent):
+    code = "ADAPTER_NOT_FOUND"
+    http_status = 404
+
+
+class JobNotFound(Permanent):
+    code = "JOB_NOT_FOUND"
+    http_status = 404
+
+
+class NotFound(Permanent):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class MethodNotAllowed(Permanent):
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
+
+
+class JobTimeout(Retryable):
+    """The sync endpoint stopped waiting; the job goes on and can be polled."""
+
+    code = "JOB_TIMEOUT"
+    http_status = 504
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "job_id": self.job_id}
+
+
+class QueueUnavailable(Retryable):
+    code = "QUEUE_UNAVAILABLE"
+    http_status = 503
+
+
+class EncodeFailed(Permanent):
+    """The forward pass failed on this job's own items (the rest of its batch went on)."""
+
+    code = "ENCODE_FAILED"
+    http_status = 500
+
+
+class WorkerError(Retryable):
+    code = "WORKER_ERROR"
+    http_status = 500
+
+
+class AdapterInvalid(Permanent):
+    """Base of every reason an adapter is refused; each reason has its own code."""
+
+    code = "ADAPTER_INVALID"
+    http_status = 422
+
+
+class AdapterNotLora(AdapterInvalid):
+    code = "ADAPTER_NOT_LORA"
+
+
+class AdapterUnsafeFormat(AdapterInvalid):
+    code = "ADAPTER_UNSAFE_FORMAT"
+
+
+class AdapterTensorsMismatch(AdapterInvalid):
+    code = "ADAPTER_TENSORS_MISMATCH"
+
+
+class AdapterShapeMismatch(AdapterInvalid):
+    code = "ADAPTER_SHAPE_MISMATCH"
+
+
+class AdapterRankTooHigh(AdapterInvalid):
+    code = "ADAPTER_RANK_TOO_HIGH"
+
+
+class AdapterTargetMissing(AdapterInvalid):
+    code = "ADAPTER_TARGET_MISSING"
+
+
+class AdapterBaseMismatch(AdapterInvalid):
+    code = "ADAPTER_BASE_MISMATCH"
+
+
+class AdapterNonFinite(AdapterInvalid):
+    code = "ADAPTER_NON_FINITE"
+
+
+class AdapterTooLarge(AdapterInvalid):
+    code = "ADAPTER_TOO_LARGE"
+
+
+class AdapterUnsupported(AdapterInvalid):
+    """A LoRA feature the engine does not run (DoRA, trained biases, modules_to_save, ...)."""
+
+    code = "ADAPTER_UNSUPPORTED"

@@ -1,0 +1,55 @@
+"""The only place Redis key, channel and queue names are built.
+
+| key / name                         | type    | TTL                 | written by            |
+|------------------------------------|---------|---------------------|-----------------------|
+| loraq:job:{<id>}                   | hash    | result_ttl_s        | common.jobs (CAS Lua) |
+| loraq:job:{<id>}:result            | string  | result_ttl_s        | common.jobs (CAS Lua) |
+| loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
+| loraq:workers                      | zset    | members pruned      | worker heartbeat      |
+| loraq:worker:{worker_id}           | string  | 3 heartbeats        | worker heartbeat      |
+| loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
+| loraq:celery:unacked(_index/mutex) | hash... | -                   | kombu (Celery broker) |
+
+A job's two keys share the hash tag `{<id>}` (literal braces) so that one Lua script may touch
+both on Redis Cluster. Job hash fields are the fields of `common.schemas.StoredJob`.
+Celery's broker keys get their `loraq:celery:` prefix from kombu's `global_keyprefix`, so
+`KOMBU_PREFIX + queue` is the list a queue lives in.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "loraq:"
+KOMBU_PREFIX = PREFIX + "celery:"
+JOB_DONE_CHANNEL = PREFIX + "events:job-done"
+WORKERS_ZSET = PREFIX + "workers"
+TASK_ENCODE = "loraq.encode"
+
+_SLUG_RE = re.compile(r"[^a-z0-9]+")
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{{{job_id}}}"
+
+
+def job_result(job_id: str) -> str:
+    return f"{PREFIX}job:{{{job_id}}}:result"
+
+
+def worker(worker_id: str) -> str:
+    return f"{PREFIX}worker:{worker_id}"
+
+
+def model_slug(model_id: str) -> str:
+    return _SLUG_RE.sub("-", model_id.lower()).strip("-")
+
+
+def model_queue(model_id: str) -> str:
+    """The queue every worker of a model consumes; it outlives any one worker."""
+    return f"jobs.{model_slug(model_id)}"
+
+
+def queue_list(queue: str) -> str:
+    """The Redis list kombu keeps a queue's messages in."""
+    return KOMBU_PREFIX + queue

@@ -1,0 +1,44 @@
+"""The Celery app both sides share: the gateway publishes on it, workers consume from it.
+
+Only what publisher and consumer must agree on lives here (broker, key prefix, serializer,
+visibility timeout); consumer-side reliability settings are in `worker.celery_app`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from common import keys
+from common.schemas import EncodeMessage
+from common.settings import Settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("loraq", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        broker_transport_options={
+            # Every broker key under our prefix (see common.keys).
+            "global_keyprefix": keys.KOMBU_PREFIX,
+            # An unacked message goes back to its queue after this long. It must exceed the
+            # longest a reserved job can wait plus run, or a slow job is computed twice
+            # (harmless: outcome writes are compare-and-set, but wasted work).
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_default_queue=keys.model_queue(next(iter(settings.models))),
+    )
+    return app
+
+
+def publish(app: Celery, message: EncodeMessage, queue: str) -> None:
+    """Blocking; call from a thread in async code."""
+    options: dict[str, Any] = {"queue": queue, "task_id": message.job_id, "retry": False}
+    app.send_task(keys.TASK_ENCODE, args=[message.model_dump(mode="json")], **options)

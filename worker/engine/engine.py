@@ -1,0 +1,114 @@
+"""The encoding engine: tokenize, then one forward pass for rows of any mix of adapters.
+
+Split as tokenize (CPU, called from task threads, so it overlaps the forward of the previous
+batch) / encode (the forward pass, called from the single batch thread) / slot writes (from the
+adapter cache), so the batch thread does nothing but compute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.model_files import check_not_truncated, load_tokenizer, max_length
+from worker.adapter_files import BaseModelInfo, ModuleShape
+from worker.batcher import Row
+from worker.engine.encoder import PackedEncoder
+from worker.engine.lora import AdapterWeights, LoraBatch, LoraPool, Segment
+from worker.engine.packing import pack
+from worker.engine.pooling import normalize_rows, pool, read_sentence_config
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Engine:
+    def __init__(
+        self,
+        model_id: str,
+        model_dir: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        n_slots: int = 32,
+        max_rank: int = 64,
+        lora_backend: str | None = None,
+    ) -> None:
+        from transformers import AutoModel
+
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype]
+        hf = AutoModel.from_pretrained(model_dir, dtype=self.dtype)
+        self.encoder = PackedEncoder(hf).to(self.device).eval()
+        sentence = read_sentence_config(model_dir)
+        self.pooling = sentence.pooling
+        self.default_normalize = sentence.normalize
+        self.max_length = max_length(model_dir)
+        self.dims = self.encoder.hidden_size
+        self.tokenizer = load_tokenizer(model_dir)
+        self.pool = LoraPool(self.encoder.lora_groups(), n_slots, max_rank, self.device, self.dtype)
+        self._copy_stream = (
+            torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            if self.device.type == "cuda"
+            else None
+        )
+        self.lora_backend = lora_backend or ("segment" if self.device.type == "cpu" else "bmm")
+        self.base_info = BaseModelInfo(
+            model_id=model_id,
+            aliases=frozenset({model_id, str(model_dir), hf.config.name_or_path}),
+            modules={
+                name: ModuleShape(group.in_features, out)
+                for group in self.pool.groups
+                for name, out in zip(group.modules, group.out_features, strict=True)
+            },
+        )
+
+    def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]:
+        encodings = self.tokenizer.encode_batch(texts)
+        if not truncate:
+            check_not_truncated(encodings, self.max_length)
+        return [enc.ids for enc in encodings]
+
+    def write_slot(self, slot: int, weights: AdapterWeights) -> None:
+        """Runs in a loader thread; on a GPU the copy has its own stream, so it overlaps the
+        batch thread's forward, and is complete when this returns."""
+        if self._copy_stream is None:
+            self.pool.write(slot, weights)
+            return
+        with torch.cuda.stream(self._copy_stream):
+            self.pool.write(slot, weights)
+        self._copy_stream.synchronize()
+
+    @torch.inference_mode()
+    def encode(self, rows: list[Row]) -> np.ndarray:
+        """Vectors [len(rows), dims] float32, in the order of `rows`."""
+        order = sorted(range(len(rows)), key=lambda i: _slot_key(rows[i]))
+        ordered = [rows[i] for i in order]
+        batch = pack([r.tokens for r in ordered], self.encoder.position_offset, self.device)
+        lora = self._lora_batch(ordered)
+        hidden = self.encoder(batch, lora)
+        vectors = pool(hidden, batch, self.pooling).float()
+        flags = torch.tensor([r.normalize for r in ordered], device=self.device)
+        vectors = normalize_rows(vectors, flags)
+        out = np.empty((len(rows), self.dims), dtype=np.float32)
+        out[order] = vectors.cpu().numpy()
+        return out
+
+    def _lora_batch(self, ordered: list[Row]) -> LoraBatch | None:
+        segments: list[Segment] = []
+        at = 0
+        for row in ordered:
+            end = at + len(row.tokens)
+            if row.slot is not None:
+                if segments and segments[-1].slot == row.slot:
+                    segments[-1] = Segment(row.slot, segments[-1].start, end)
+                else:
+                    segments.append(Segment(row.slot, at, end))
+            at = end
+        return LoraBatch(self.pool, segments, self.lora_backend) if segments else None
+
+
+def _slot_key(row: Row) -> int:
+    return -1 if row.slot is None else row.slot

@@ -1,0 +1,124 @@
+"""Worker process start-up: model, adapter cache, batcher, heartbeat, then Celery.
+
+Everything heavy is built once here, before Celery starts consuming, and handed to the tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+import redis
+from celery import signals
+
+from common import keys
+from common.jobs import JobStore
+from common.schemas import WorkerInfo
+from common.settings import Settings, resolve_model_path
+from common.workers import remove_worker, write_heartbeat
+from worker.adapter_cache import AdapterCache
+from worker.adapter_files import AdapterRules, ChainSource, LocalDirSource
+from worker.batcher import Batcher
+from worker.celery_app import make_worker_app
+from worker.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings) -> None:
+        import torch
+
+        from worker.engine.engine import Engine
+
+        ws = settings.worker
+        if ws.model not in settings.models:
+            raise SystemExit(f"worker model {ws.model!r} is not among the configured models")
+        if ws.torch_threads:
+            torch.set_num_threads(ws.torch_threads)
+        self.settings = settings
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.queue = keys.model_queue(ws.model)
+        self.started_at = time.time()
+        self.engine = Engine(
+            ws.model,
+            resolve_model_path(settings.models[ws.model]),
+            device=ws.device,
+            dtype=ws.dtype,
+            n_slots=settings.adapters.gpu_slots,
+            max_rank=settings.adapters.max_rank,
+        )
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        ad = settings.adapters
+        rules = AdapterRules(ad.max_rank, ad.max_file_bytes, ad.base_mismatch)
+        source = ChainSource([LocalDirSource(ad.dir)])
+        self.cache = AdapterCache(
+            source.fetch,
+            self.engine,
+            rules,
+            n_slots=ad.gpu_slots,
+            cpu_capacity=ad.cpu_slots,
+            pin_memory=self.engine.device.type == "cuda",
+        )
+        self.batcher = Batcher(self.engine.encode, self.engine.dims, settings.batch)
+        store = JobStore(self.redis, settings.result_ttl_s)
+        self.runner = JobRunner(store, self.engine, self.cache, self.batcher.submit)
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="loraq-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.batcher.start()
+        for lora_id in self.settings.adapters.pinned:
+            self.cache.pin(lora_id)
+        self._write_heartbeat()
+        self._heartbeat.start()
+
+    def stop(self) -> None:
+        """Called after Celery finished its in-flight tasks: drain, then leave the registry."""
+        self._stop.set()
+        self.batcher.stop()
+        self._heartbeat.join(timeout=5)
+        remove_worker(self.redis, self.id)
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            model=self.settings.worker.model,
+            queues=[self.queue],
+            warm_adapters=self.cache.warm(),
+            free_slots=self.cache.free_slots(),
+            backlog=self.batcher.backlog(),
+            started_at=self.started_at,
+            seen_at=time.time(),
+        )
+
+    def _write_heartbeat(self) -> None:
+        write_heartbeat(self.redis, self.info(), self.settings.worker.heartbeat_s)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.worker.heartbeat_s):
+            try:
+                self._write_heartbeat()
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def run(self) -> None:
+        app = make_worker_app(self.settings, self.runner)
+        self.start()
+        signals.worker_shutdown.connect(lambda **_: self.stop(), weak=False)
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={self.settings.worker.concurrency}",
+                f"--queues={self.queue}",
+                f"--hostname=loraq-{self.id}@%h",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
