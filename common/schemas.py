@@ -142,7 +142,10 @@ class StoredJob(BaseModel):
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    """RFC 3339 in UTC with a `Z`, as pydantic writes datetimes."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class WorkerInfo(BaseModel):

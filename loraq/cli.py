@@ -1,0 +1,117 @@
+"""`loraq` command line: run the pieces (gateway, worker, the whole local stack) and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from common.settings import Settings
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.main import create_app
+
+    uvicorn.run(create_app(Settings()), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _worker(_: argparse.Namespace) -> int:
+    from worker.main import WorkerProcess
+
+    WorkerProcess(Settings()).run()
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from loraq.stack import Stack, redis_reachable, start_redis
+
+    settings = Settings()
+    state_dir = Path(args.state_dir)
+    env = {k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}
+    redis_proc = None
+    if not redis_reachable(settings.redis_url):
+        redis_proc, url = start_redis(state_dir / "redis", appendonly=True, log_dir=state_dir)
+        env["LORAQ_REDIS_URL"] = url
+        print(f"started redis-server at {url} (data in {state_dir / 'redis'})")
+    stack = Stack(env=env, log_dir=state_dir / "logs", port=args.port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stack.start_gateway()
+        for _ in range(args.workers):
+            stack.start_worker()
+        stack.wait_ready()
+        print(f"loraq is up at {stack.url} (logs in {stack.log_dir}); Ctrl-C stops it")
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        if redis_proc is not None:
+            redis_proc.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from loraq.demo import run_demo
+
+    return run_demo(Path(args.state_dir), port=args.port)
+
+
+def _adapters_demo(args: argparse.Namespace) -> int:
+    from loraq.demo import make_demo_adapters
+
+    for lora_id in make_demo_adapters(Path(args.out)):
+        print(lora_id)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("gateway", help="run the HTTP gateway")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_gateway)
+
+    p = sub.add_parser("worker", help="run one encode worker (model from LORAQ_WORKER__MODEL)")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("up", help="run Redis (if none is reachable), the gateway and workers")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--state-dir", default=".loraq")
+    p.set_defaults(func=_up)
+
+    p = sub.add_parser("demo", help="the whole demo: stack up, adapters, jobs, results, down")
+    p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    p.add_argument("--state-dir", default=".loraq")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("adapters", help="adapter utilities")
+    adapters = p.add_subparsers(dest="adapters_command", required=True)
+    p = adapters.add_parser("demo", help="fine-tune the two demo adapters (PEFT format)")
+    p.add_argument("--out", default="adapters", help="adapter directory to write into")
+    p.set_defaults(func=_adapters_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared fixtures: a private redis-server per test session, markers by directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from loraq.stack import start_redis
+
+_MARKER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e", "gpu": "gpu"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        part = Path(str(item.path)).parent.name
+        if part in _MARKER_BY_DIR:
+            item.add_marker(_MARKER_BY_DIR[part])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One redis-server for the session, on a free port, with its data in a temp dir."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied for this test."""
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server
