@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from common.jobs import AsyncJobStore
 from common.model_files import load_tokenizer, max_length
 from common.settings import Settings, resolve_model_path
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Gateway:
@@ -23,16 +26,22 @@ class Gateway:
     store: AsyncJobStore
     celery: Celery
     waiter: CompletionWaiter
-    _tokenizers: dict[str, tuple[Tokenizer, int]] = field(default_factory=dict)
+    _tokenizers: dict[str, tuple[Tokenizer, int] | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model_dir(self, model_id: str) -> Path:
         return resolve_model_path(self.settings.models[model_id])
 
-    def tokenizer(self, model_id: str) -> tuple[Tokenizer, int]:
-        """Loaded on first use: only `truncate=false` requests need one at the gateway."""
+    def tokenizer(self, model_id: str) -> tuple[Tokenizer, int] | None:
+        """Loaded on first use: only `truncate=false` requests need one at the gateway. A gateway
+        without the model's files (a slim gateway image) leaves the length check to the worker,
+        which fails such a job with the same `INPUT_TOO_LONG`."""
         with self._lock:
             if model_id not in self._tokenizers:
-                path = self.model_dir(model_id)
-                self._tokenizers[model_id] = (load_tokenizer(path), max_length(path))
+                try:
+                    path = self.model_dir(model_id)
+                    self._tokenizers[model_id] = (load_tokenizer(path), max_length(path))
+                except Exception as exc:
+                    log.warning("no tokenizer for %s at the gateway (%s)", model_id, exc)
+                    self._tokenizers[model_id] = None
             return self._tokenizers[model_id]

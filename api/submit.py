@@ -52,8 +52,8 @@ async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
         validate_lora_id(options.lora_id)
         if s.adapters.check_at_submit and not exists_locally(s.adapters.dir, options.lora_id):
             raise AdapterNotFound(f"adapter {options.lora_id!r} not found")
-    if not options.truncate:
-        tokenizer, limit = await to_thread.run_sync(gw.tokenizer, model)
+    if not options.truncate and (loaded := await to_thread.run_sync(gw.tokenizer, model)):
+        tokenizer, limit = loaded
         texts = [item.text for item in items]
         encodings = await to_thread.run_sync(tokenizer.encode_batch, texts)
         check_not_truncated(encodings, limit)

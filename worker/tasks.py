@@ -14,6 +14,6 @@ class Handler(Protocol):
 
 
 def register_tasks(app: Celery, runner: Handler) -> None:
-    @app.task(name=keys.TASK_ENCODE, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=keys.TASK_ENCODE, acks_late=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def encode(payload: dict[str, Any]) -> None:
         runner.handle(payload)
