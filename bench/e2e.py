@@ -30,7 +30,11 @@ from common.settings import DEFAULT_MODEL_ID, BatchSettings, resolve_model_path
 from loraq.stack import Stack, start_redis
 from tests.reference import save_random_adapter
 
-WORDS = ["contract", "lease", "tenant", "court", "appeal", "patient", "dose", "symptom", "clinic", "invoice", "payment", "tax", "engine", "battery", "network", "server", "latency", "model", "vector", "query", "document", "river", "mountain", "city", "music", "film", "recipe", "garden", "school", "student", "market", "price", "growth", "energy", "climate", "policy"]
+WORDS = (
+    "contract lease tenant court appeal patient dose symptom clinic invoice payment tax "
+    "engine battery network server latency model vector query document river mountain city "
+    "music film recipe garden school student market price growth energy climate policy"
+).split()
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -71,7 +75,7 @@ def run_inprocess(
         return batcher.submit(rows), lease
 
     for lora_id in {lid for lid, _ in jobs}:  # warm-up: every adapter loaded, model hot
-        future, lease = submit(lora_id, ["warm up"])
+        future, _ = submit(lora_id, ["warm up"])
         future.result()
     started = time.perf_counter()
     pending = [submit(lora_id, texts) for lora_id, texts in jobs]
