@@ -7,10 +7,11 @@ environment deep inside the code.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -90,10 +91,29 @@ class Settings(BaseSettings):
 
     @field_validator("models")
     @classmethod
-    def _at_least_one_model(cls, value: dict[str, str]) -> dict[str, str]:
+    def _models_have_distinct_queues(cls, value: dict[str, str]) -> dict[str, str]:
+        from common.keys import model_slug
+
         if not value:
             raise ValueError("configure at least one model")
+        slugs: dict[str, str] = {}
+        for model_id in value:
+            if (other := slugs.setdefault(model_slug(model_id), model_id)) != model_id:
+                raise ValueError(f"models {other!r} and {model_id!r} would share one queue name")
         return value
+
+    @model_validator(mode="after")
+    def _no_unknown_env(self) -> Settings:
+        """pydantic-settings ignores unknown variables; a typo in one would silently be a no-op."""
+        known = {f"LORAQ_{name}".upper() for name in type(self).model_fields}
+        unknown = [
+            k
+            for k in os.environ
+            if k.upper().startswith("LORAQ_") and k.upper().split("__")[0] not in known
+        ]
+        if unknown:
+            raise ValueError(f"unknown LORAQ_ variables: {sorted(unknown)}")
+        return self
 
 
 def resolve_model_path(spec: str) -> Path:

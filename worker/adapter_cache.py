@@ -104,7 +104,7 @@ class AdapterCache:
                 self.stats.hits += 1
                 return self._lease_when_ready(slot, deadline)
             self.stats.misses += 1
-        weights = self._weights(lora_id)
+        weights = self._weights(lora_id, deadline)
         with self._lock:
             slot = self._slot_of.get(lora_id)
             if slot is not None:  # another thread placed it meanwhile
@@ -162,6 +162,7 @@ class AdapterCache:
         if old is not None and self._slot_of.get(old) == slot:
             del self._slot_of[old]
         self._slots[slot] = _Slot()
+        self._lru.move_to_end(slot, last=False)  # an empty slot is the first to reuse
         self._lock.notify_all()
 
     def _wait(self, deadline: float | None) -> bool:
@@ -171,7 +172,7 @@ class AdapterCache:
         self._lock.wait(remaining)
         return True
 
-    def _weights(self, lora_id: str) -> AdapterWeights:
+    def _weights(self, lora_id: str, deadline: float | None) -> AdapterWeights:
         """From the CPU tier, or loaded from disk exactly once however many threads ask."""
         with self._lock:
             if (cached := self._cpu.get(lora_id)) is not None:
@@ -182,7 +183,9 @@ class AdapterCache:
             if future is None:
                 future = self._loading[lora_id] = Future()
         if not owner:
-            return future.result()
+            return future.result(
+                None if deadline is None else max(0.0, deadline - time.monotonic())
+            )
         try:
             weights = self._load(lora_id)
         except BaseException as exc:

@@ -172,6 +172,8 @@ def _check_config(
         "modules_to_save": bool(config.get("modules_to_save")),
         "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
         "lora_bias": bool(config.get("lora_bias")),
+        # Activated LoRA applies only after its invocation tokens; we would apply it everywhere.
+        "alora_invocation_tokens": bool(config.get("alora_invocation_tokens")),
     }
     if bad := [name for name, on in unsupported.items() if on]:
         raise AdapterUnsupported(f"adapter {lora_id!r} uses unsupported LoRA options: {bad}")
@@ -183,7 +185,7 @@ def _check_config(
         log.warning("%s; serving it anyway (adapters.base_mismatch=warn)", message)
     targets = config.get("target_modules")
     if isinstance(targets, list):
-        names = list(base.modules)
+        names = [*base.modules, *(p + "dense" for p in _IGNORED_MODULE_PREFIXES)]
         missing = [t for t in targets if not any(_suffix_match(t, n) for n in names)]
         if missing:
             raise AdapterTargetMissing(

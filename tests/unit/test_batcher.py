@@ -1,0 +1,248 @@
+"""The token-budget batch former (worker/batcher.py) with a fake, recording encode function."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import numpy as np
+import pytest
+
+from common.errors import EncodeFailed
+from common.settings import BatchSettings
+from worker.batcher import Batcher, JobOutput, Row, _Entry, _Job, form_batches
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+DIMS = 3
+POISON = 666
+WAIT = 5.0  # seconds any single future may take in these tests
+
+
+class FakeEncode:
+    """Vector of a row = (first token, length, slot or -1): identifies the row it came from.
+    Raises on any batch holding a row that contains the `POISON` token."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Row]] = []
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, rows: list[Row]) -> np.ndarray:
+        with self.lock:
+            self.calls += 1
+            if any(POISON in r.tokens for r in rows):
+                raise RuntimeError("poisoned row")
+            self.batches.append(list(rows))
+        return np.array(
+            [[r.tokens[0], len(r.tokens), -1 if r.slot is None else r.slot] for r in rows],
+            dtype=np.float32,
+        )
+
+
+def expected(rows: list[Row]) -> np.ndarray:
+    return np.array(
+        [[r.tokens[0], len(r.tokens), -1 if r.slot is None else r.slot] for r in rows],
+        dtype=np.float32,
+    )
+
+
+def rows_of(lengths: list[int], first: int = 1, slot: int | None = None) -> list[Row]:
+    """Rows whose first token is unique (`first`, `first + 1`, ...), of the given lengths."""
+    return [Row([first + i] + [7] * (n - 1), slot, False) for i, n in enumerate(lengths)]
+
+
+@pytest.fixture
+def encode() -> FakeEncode:
+    return FakeEncode()
+
+
+@pytest.fixture
+def make_batcher(encode: FakeEncode) -> Iterator[object]:
+    made: list[Batcher] = []
+
+    def make(**settings: float) -> Batcher:
+        b = Batcher(encode, DIMS, BatchSettings(**settings))
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop(timeout=WAIT)
+
+
+def test_rows_of_several_jobs_share_one_batch(make_batcher, encode: FakeEncode) -> None:
+    batcher = make_batcher(max_tokens=1000, max_items=100, max_wait_ms=0)
+    jobs = [rows_of([3, 4], first=10), rows_of([2], first=20, slot=1), rows_of([5], first=30)]
+    futures = [batcher.submit(rows) for rows in jobs]  # all pending before the thread starts
+    batcher.start()
+    for rows, fut in zip(jobs, futures, strict=True):
+        out = fut.result(timeout=WAIT)
+        assert isinstance(out, JobOutput)
+        np.testing.assert_array_equal(out.vectors, expected(rows))
+        assert out.vectors.dtype == np.float32
+        assert out.inference_ms >= 0
+    assert len(encode.batches) == 1
+    assert sorted(r.tokens[0] for r in encode.batches[0]) == [10, 11, 20, 30]
+    assert batcher.stats.batches == 1 and batcher.stats.rows == 4
+    assert batcher.stats.real_tokens == 3 + 4 + 2 + 5
+    assert batcher.stats.padded_tokens == 4 * 5
+
+
+def test_token_budget_and_max_items_respected(make_batcher, encode: FakeEncode) -> None:
+    rng = np.random.default_rng(0)
+    max_tokens, max_items = 64, 5
+    batcher = make_batcher(max_tokens=max_tokens, max_items=max_items, max_wait_ms=0)
+    lengths = [int(n) for n in rng.integers(1, 40, size=60)] + [100, 80]  # two over budget
+    jobs = [rows_of(lengths[i : i + 4], first=1000 + i) for i in range(0, len(lengths), 4)]
+    futures = [batcher.submit(rows) for rows in jobs]
+    batcher.start()
+    for rows, fut in zip(jobs, futures, strict=True):
+        np.testing.assert_array_equal(fut.result(timeout=WAIT).vectors, expected(rows))
+    assert sum(len(b) for b in encode.batches) == len(lengths)
+    for batch in encode.batches:
+        longest = max(len(r.tokens) for r in batch)
+        assert len(batch) <= max_items
+        assert len(batch) == 1 or len(batch) * longest <= max_tokens, batch
+    singles = [b for b in encode.batches if len(b[0].tokens) > max_tokens]
+    assert sorted(len(b[0].tokens) for b in singles) == [80, 100]
+    assert all(len(b) == 1 for b in singles)
+
+
+def test_window_closes_after_max_wait_when_under_budget(make_batcher, encode) -> None:
+    max_wait_s = 0.15
+    batcher = make_batcher(max_tokens=10_000, max_items=100, max_wait_ms=max_wait_s * 1000)
+    batcher.start()
+    started = time.monotonic()
+    fut = batcher.submit(rows_of([3]))
+    out = fut.result(timeout=WAIT)
+    elapsed = time.monotonic() - started
+    np.testing.assert_array_equal(out.vectors, expected(rows_of([3])))
+    assert elapsed >= max_wait_s * 0.9  # it waited for company...
+    assert elapsed < WAIT  # ...but not forever
+    assert len(encode.batches) == 1
+
+
+def test_full_window_does_not_wait(make_batcher, encode: FakeEncode) -> None:
+    batcher = make_batcher(max_tokens=64, max_items=4, max_wait_ms=60_000)
+    batcher.start()
+    rows = rows_of([2, 2, 2, 2])  # max_items reached: the window closes at once
+    out = batcher.submit(rows).result(timeout=WAIT)  # far less than max_wait_ms
+    np.testing.assert_array_equal(out.vectors, expected(rows))
+
+    big = rows_of([40, 40], first=50)  # max_tokens reached
+    out = batcher.submit(big).result(timeout=WAIT)
+    np.testing.assert_array_equal(out.vectors, expected(big))
+
+
+def test_job_spanning_batches_resolves_once_in_order(make_batcher, encode: FakeEncode) -> None:
+    batcher = make_batcher(max_tokens=1000, max_items=3, max_wait_ms=0)
+    lengths = [9, 1, 5, 2, 8, 3, 7, 4, 6, 10]  # sorting by length reorders them
+    rows = rows_of(lengths, first=100)
+    other = rows_of([5, 5], first=200)
+    fut = batcher.submit(rows)
+    other_fut = batcher.submit(other)
+    resolutions: list[JobOutput] = []
+    fut.add_done_callback(lambda f: resolutions.append(f.result()))
+    batcher.start()
+    out = fut.result(timeout=WAIT)
+    np.testing.assert_array_equal(out.vectors, expected(rows))
+    np.testing.assert_array_equal(other_fut.result(timeout=WAIT).vectors, expected(other))
+    batches_with_job = [b for b in encode.batches if any(100 <= r.tokens[0] < 200 for r in b)]
+    assert len(batches_with_job) >= 4  # 10 rows, 3 per batch
+    batcher.stop(timeout=WAIT)
+    assert len(resolutions) == 1
+    assert resolutions[0] is out
+
+
+def test_poison_job_fails_alone(make_batcher, encode: FakeEncode) -> None:
+    batcher = make_batcher(max_tokens=10_000, max_items=100, max_wait_ms=0)
+    good = [rows_of([3, 4], first=10 * k) for k in range(1, 6)]
+    poison = [Row([1, POISON, 2], None, False), Row([3], None, False)]
+    futures = [batcher.submit(rows) for rows in good[:2]]
+    bad = batcher.submit(poison)
+    futures += [batcher.submit(rows) for rows in good[2:]]
+    batcher.start()
+
+    with pytest.raises(EncodeFailed) as info:
+        bad.result(timeout=WAIT)
+    assert info.value.code == "ENCODE_FAILED"
+    assert "poisoned row" in info.value.message
+    for rows, fut in zip(good, futures, strict=True):
+        np.testing.assert_array_equal(fut.result(timeout=WAIT).vectors, expected(rows))
+    # The first forward held everything; the rest bisected the failure.
+    assert encode.calls > 1
+    assert all(all(POISON not in r.tokens for r in b) for b in encode.batches)
+    assert sum(len(b) for b in encode.batches) == 2 * len(good)
+
+
+def test_two_poison_jobs_fail_independently(make_batcher) -> None:
+    batcher = make_batcher(max_tokens=10_000, max_items=100, max_wait_ms=0)
+    first_bad = batcher.submit([Row([POISON], None, False)])
+    good = rows_of([2, 2, 2], first=40)
+    good_fut = batcher.submit(good)
+    second_bad = batcher.submit([Row([5], None, False), Row([POISON, 1], 3, False)])
+    batcher.start()
+    for fut in (first_bad, second_bad):
+        with pytest.raises(EncodeFailed):
+            fut.result(timeout=WAIT)
+    np.testing.assert_array_equal(good_fut.result(timeout=WAIT).vectors, expected(good))
+
+
+def test_stop_drains_pending_rows(make_batcher, encode: FakeEncode) -> None:
+    # A huge max_wait: without stop(), the window would stay open for a minute.
+    batcher = make_batcher(max_tokens=10_000, max_items=1000, max_wait_ms=60_000)
+    batcher.start()
+    jobs = [rows_of([2, 3], first=10), rows_of([4], first=20)]
+    futures = [batcher.submit(rows) for rows in jobs]
+    assert batcher.backlog() == 3  # the window is still open, waiting for more rows
+    started = time.monotonic()
+    batcher.stop(timeout=WAIT)
+    assert time.monotonic() - started < WAIT
+    for rows, fut in zip(jobs, futures, strict=True):
+        assert fut.done()
+        np.testing.assert_array_equal(fut.result(timeout=0).vectors, expected(rows))
+    assert batcher.backlog() == 0
+    with pytest.raises(RuntimeError, match="stopping"):
+        batcher.submit(rows_of([1]))
+
+
+def test_empty_job_resolves_at_once(make_batcher, encode: FakeEncode) -> None:
+    batcher = make_batcher()
+    out = batcher.submit([]).result(timeout=0)
+    assert out.vectors.shape == (0, DIMS)
+    assert encode.calls == 0
+
+
+def test_unfinished_future_does_not_resolve_early(make_batcher) -> None:
+    batcher = make_batcher(max_tokens=10_000, max_items=100, max_wait_ms=0)
+    fut: Future[JobOutput] = batcher.submit(rows_of([2]))
+    with pytest.raises(FutureTimeout):
+        fut.result(timeout=0.01)  # the batch thread is not started yet
+    batcher.start()
+    assert fut.result(timeout=WAIT).vectors.shape == (1, DIMS)
+
+
+def _entries(lengths: list[int]) -> list[_Entry]:
+    rows = rows_of(lengths)
+    job = _Job(rows, Future(), np.empty((len(rows), DIMS), np.float32), len(rows))
+    return [_Entry(job, i, 0.0) for i in range(len(rows))]
+
+
+def test_form_batches_sorts_by_length() -> None:
+    entries = _entries([5, 1, 3, 2, 4, 1])
+    batches = form_batches(entries, max_tokens=1000, max_items=100)
+    assert [[e.length for e in b] for b in batches] == [[1, 1, 2, 3, 4, 5]]
+    assert sorted(e.index for b in batches for e in b) == list(range(6))
+
+
+def test_form_batches_cuts_at_budget() -> None:
+    entries = _entries([4, 4, 4, 8, 8, 1, 30])
+    batches = form_batches(entries, max_tokens=16, max_items=10)
+    assert [[e.length for e in b] for b in batches] == [[1, 4, 4, 4], [8, 8], [30]]
+    batches = form_batches(entries, max_tokens=1000, max_items=3)
+    assert [[e.length for e in b] for b in batches] == [[1, 4, 4], [4, 8, 8], [30]]
+    assert form_batches([], max_tokens=16, max_items=3) == []
