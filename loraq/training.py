@@ -4,8 +4,9 @@ Random or hand-made LoRA weights would move embeddings, but not in any direction
 judge. Training on (layman query, technical passage) pairs with in-batch negatives gives adapters
 whose effect shows up as better top-1 retrieval on queries they never saw.
 
-Everything runs on CPU in seconds for MiniLM, from a local model dir (no hub access), and saves
-PEFT's own format so the worker loads these adapters exactly as it loads anyone else's.
+Both MiniLM demo adapters train in well under a minute on two CPU cores, from a local model dir
+(no hub access), and are saved in PEFT's own format so the worker loads them exactly as it loads
+anyone else's.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def train_lora(
     alpha: int = 16,
     target_modules: Sequence[str] = ("query", "key", "value"),
     epochs: int = 8,
-    batch_size: int = 16,
+    batch_size: int = 20,
     lr: float = 1e-3,
     seed: int = 0,
     num_threads: int | None = None,
@@ -129,7 +130,7 @@ def _train(
             batch = [pairs[i] for i in batch_order[start : start + batch_size]]
             loss = _ranking_loss(model, tokenizer, batch)
             optimizer.zero_grad()
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
             steps += 1
             loss_value = float(loss.detach())
@@ -146,16 +147,14 @@ def _train(
 
 
 def _ranking_loss(model: Any, tokenizer: Any, batch: list[tuple[str, str]]) -> torch.Tensor:
-    """MultipleNegativesRankingLoss, except that a passage shared by two queries in the batch is
-    not counted as a negative for either: several demo queries share one gold passage."""
-    queries = _embed(model, tokenizer, [q for q, _ in batch])
-    passages = _embed(model, tokenizer, [p for _, p in batch])
-    logits = SIMILARITY_SCALE * queries @ passages.T
-    texts = [p for _, p in batch]
-    same = torch.tensor([[a == b for b in texts] for a in texts])
-    false_negatives = same & ~torch.eye(len(batch), dtype=torch.bool)
-    logits = logits.masked_fill(false_negatives, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(batch)))
+    """MultipleNegativesRankingLoss over the batch's distinct passages: several demo queries
+    share a gold passage, and a copy of a query's own positive must not count as its negative.
+    Embedding each passage once also makes the step cheaper."""
+    passages = list(dict.fromkeys(passage for _, passage in batch))
+    labels = torch.tensor([passages.index(passage) for _, passage in batch])
+    queries = _embed(model, tokenizer, [query for query, _ in batch])
+    logits = SIMILARITY_SCALE * queries @ _embed(model, tokenizer, passages).T
+    return F.cross_entropy(logits, labels)
 
 
 def _embed(model: Any, tokenizer: Any, texts: list[str]) -> torch.Tensor:

@@ -81,6 +81,15 @@ class WorkerProcess:
         """Called after Celery finished its in-flight tasks: drain, then leave the registry."""
         self._stop.set()
         self.batcher.stop()
+        st = self.batcher.stats
+        log.info(
+            "batches=%d rows=%d forward_s=%.2f real_tokens=%d padded_tokens=%d",
+            st.batches,
+            st.rows,
+            st.forward_seconds,
+            st.real_tokens,
+            st.padded_tokens,
+        )
         self._heartbeat.join(timeout=5)
         remove_worker(self.redis, self.id)
 

@@ -27,7 +27,7 @@ def test_twenty_jobs_match_peft(client: httpx.Client, model_dir: Path, adapter_d
     submitted = []
     for i in range(20):
         lora_id = lora_ids[i % len(lora_ids)]
-        texts = [*TEXTS[i % 3:], f"job {i} says hello"]
+        texts = [*TEXTS[i % 3 :], f"job {i} says hello"]
         options = {"lora_id": lora_id} if lora_id else {}
         submitted.append((submit(client, MODEL, texts, **options), lora_id, texts))
 

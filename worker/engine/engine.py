@@ -36,6 +36,9 @@ class Engine:
         lora_backend: str | None = None,
     ) -> None:
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.model_id = model_id
         self.device = torch.device(device)
