@@ -68,7 +68,7 @@ def _report(domain: Domain, encoders: list[str], top1: dict[str, np.ndarray]) ->
 
 
 def _examples(domain: Domain, own: str, top1: dict[str, np.ndarray], limit: int = 2) -> list[str]:
-    lines = []
+    lines: list[str] = []
     width = len(own)
     for i, (query, gold) in enumerate(domain.held_out):
         if top1["base"][i] != gold and top1[own][i] == gold and len(lines) < 3 * limit:
@@ -130,8 +130,8 @@ def _run_jobs(url: str, lora_ids: list[str]) -> int:
         top1 = {}
         for enc in encoders:
             corpus = _vectors(done[domain.name, enc, "corpus"])
-            queries = _vectors(done[domain.name, enc, "queries"])
-            top1[enc] = np.argmax(queries @ corpus.T, axis=1)
+            query_vectors = _vectors(done[domain.name, enc, "queries"])
+            top1[enc] = np.argmax(query_vectors @ corpus.T, axis=1)
         table.append(_report(domain, encoders, top1))
         examples += _examples(domain, own, top1)
     print("\n".join(table))

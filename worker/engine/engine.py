@@ -38,7 +38,7 @@ class Engine:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
         self.model_id = model_id
         self.device = torch.device(device)
