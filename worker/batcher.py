@@ -76,18 +76,16 @@ class BatchStats:
     forward_seconds: float = 0.0
 
 
-def form_batches(entries: list[_Entry], max_tokens: int, max_items: int) -> list[list[_Entry]]:
-    """Sort by length; cut where rows x longest row would pass `max_tokens` (a row longer than
-    the budget still gets a batch of its own)."""
-    batches: list[list[_Entry]] = []
-    current: list[_Entry] = []
-    for entry in sorted(entries, key=lambda e: e.length):
-        if current and (
-            len(current) >= max_items or (len(current) + 1) * entry.length > max_tokens
-        ):
+def form_batches(lengths: Sequence[int], max_tokens: int, max_items: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into batches: sorted by length, cut where rows x longest
+    row would pass `max_tokens` (a row longer than the budget still gets a batch of its own)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) >= max_items or (len(current) + 1) * lengths[i] > max_tokens):
             batches.append(current)
             current = []
-        current.append(entry)
+        current.append(i)
     if current:
         batches.append(current)
     return batches
@@ -151,8 +149,9 @@ class Batcher:
             if window is None:
                 return
             s = self._settings
-            for batch in form_batches(window, s.max_tokens, s.max_items):
-                self._run(batch)
+            lengths = [e.length for e in window]
+            for batch in form_batches(lengths, s.max_tokens, s.max_items):
+                self._run([window[i] for i in batch])
 
     def _full(self) -> bool:
         s = self._settings

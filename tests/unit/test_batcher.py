@@ -13,7 +13,7 @@ import pytest
 
 from common.errors import EncodeFailed
 from common.settings import BatchSettings
-from worker.batcher import Batcher, JobOutput, Row, _Entry, _Job, form_batches
+from worker.batcher import Batcher, JobOutput, Row, form_batches
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -226,23 +226,17 @@ def test_unfinished_future_does_not_resolve_early(make_batcher) -> None:
     assert fut.result(timeout=WAIT).vectors.shape == (1, DIMS)
 
 
-def _entries(lengths: list[int]) -> list[_Entry]:
-    rows = rows_of(lengths)
-    job = _Job(rows, Future(), np.empty((len(rows), DIMS), np.float32), len(rows))
-    return [_Entry(job, i, 0.0) for i in range(len(rows))]
-
-
 def test_form_batches_sorts_by_length() -> None:
-    entries = _entries([5, 1, 3, 2, 4, 1])
-    batches = form_batches(entries, max_tokens=1000, max_items=100)
-    assert [[e.length for e in b] for b in batches] == [[1, 1, 2, 3, 4, 5]]
-    assert sorted(e.index for b in batches for e in b) == list(range(6))
+    lengths = [5, 1, 3, 2, 4, 1]
+    batches = form_batches(lengths, max_tokens=1000, max_items=100)
+    assert [[lengths[i] for i in b] for b in batches] == [[1, 1, 2, 3, 4, 5]]
+    assert sorted(i for b in batches for i in b) == list(range(6))
 
 
 def test_form_batches_cuts_at_budget() -> None:
-    entries = _entries([4, 4, 4, 8, 8, 1, 30])
-    batches = form_batches(entries, max_tokens=16, max_items=10)
-    assert [[e.length for e in b] for b in batches] == [[1, 4, 4, 4], [8, 8], [30]]
-    batches = form_batches(entries, max_tokens=1000, max_items=3)
-    assert [[e.length for e in b] for b in batches] == [[1, 4, 4], [4, 8, 8], [30]]
+    lengths = [4, 4, 4, 8, 8, 1, 30]
+    batches = form_batches(lengths, max_tokens=16, max_items=10)
+    assert [[lengths[i] for i in b] for b in batches] == [[1, 4, 4, 4], [8, 8], [30]]
+    batches = form_batches(lengths, max_tokens=1000, max_items=3)
+    assert [[lengths[i] for i in b] for b in batches] == [[1, 4, 4], [4, 8, 8], [30]]
     assert form_batches([], max_tokens=16, max_items=3) == []

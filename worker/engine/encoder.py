@@ -16,7 +16,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.engine.lora import LoraBatch, LoraGroup
-from worker.engine.packing import PackedBatch
+from worker.engine.packing import AttentionBucket, PackedBatch
+
+
+def _find_varlen_attn() -> Callable[..., Any] | None:
+    """Flash attention over packed rows (CUDA, fp16/bf16): no padding even in attention. Older
+    torch lacks it; then attention pads per batch and everything else stays packed."""
+    try:
+        from torch.nn.attention import varlen
+    except ImportError:
+        return None
+    return varlen.varlen_attn
+
+
+VARLEN_ATTN = _find_varlen_attn()
 
 #: LoRA target modules of one layer, named as in transformers' BertLayer (and so in PEFT keys).
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
@@ -43,6 +56,7 @@ class _Layer(nn.Module):
         self.out_norm = hf_layer.output.LayerNorm
         self.n_heads = n_heads
         self.act = act
+        self.varlen = False
 
     def forward(
         self, x: torch.Tensor, batch: PackedBatch, lora: LoraBatch | None, g: int
@@ -65,16 +79,36 @@ class _Layer(nn.Module):
         return self.out_norm(h + x)  # type: ignore[no-any-return]
 
     def _attend(self, qkv: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        d = qkv.shape[1] // 3
+        if self.varlen:
+            assert VARLEN_ATTN is not None
+            q, k, v = qkv.view(-1, 3, self.n_heads, d // self.n_heads).unbind(1)
+            cu, n = batch.cu_seqlens, batch.max_len
+            out: torch.Tensor = VARLEN_ATTN(q, k, v, cu, cu, n, n)
+            return out.reshape(-1, d)
+        if len(batch.buckets) == 1 and batch.buckets[0].tokens is None:
+            return self._attend_bucket(qkv, batch.buckets[0])
+        ctx = qkv.new_empty(qkv.shape[0], d)
+        for bucket in batch.buckets:
+            assert bucket.tokens is not None
+            part = self._attend_bucket(qkv.index_select(0, bucket.tokens), bucket)
+            ctx.index_copy_(0, bucket.tokens, part)
+        return ctx
+
+    def _attend_bucket(self, qkv: torch.Tensor, bucket: AttentionBucket) -> torch.Tensor:
+        """Attention over one bucket's tokens (row by row), padded to its longest row."""
         width = qkv.shape[1]
         d = width // 3
-        head = d // self.n_heads
-        grid = qkv.new_zeros(batch.rows * batch.max_len, width)
-        grid.index_copy_(0, batch.pad_index, qkv)
-        q, k, v = grid.view(batch.rows, batch.max_len, 3, self.n_heads, head).permute(2, 0, 3, 1, 4)
-        mask = None if batch.key_mask is None else batch.key_mask[:, None, None, :]
+        grid = qkv
+        if bucket.grid_index is not None:
+            grid = qkv.new_zeros(bucket.rows * bucket.max_len, width)
+            grid.index_copy_(0, bucket.grid_index, qkv)
+        shape = (bucket.rows, bucket.max_len, 3, self.n_heads, d // self.n_heads)
+        q, k, v = grid.view(shape).permute(2, 0, 3, 1, 4)
+        mask = None if bucket.key_mask is None else bucket.key_mask[:, None, None, :]
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        ctx = ctx.transpose(1, 2).reshape(batch.rows * batch.max_len, d)
-        return ctx.index_select(0, batch.pad_index)
+        ctx = ctx.transpose(1, 2).reshape(bucket.rows * bucket.max_len, d)
+        return ctx if bucket.grid_index is None else ctx.index_select(0, bucket.grid_index)
 
 
 class PackedEncoder(nn.Module):
@@ -100,6 +134,13 @@ class PackedEncoder(nn.Module):
             _Layer(layer, cfg.num_attention_heads, act) for layer in hf_model.encoder.layer
         )
         self.hidden_size: int = cfg.hidden_size
+
+    def use_varlen_attention(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Varlen flash attention where the kernel exists (CUDA, half precision)."""
+        on = VARLEN_ATTN is not None and device.type == "cuda" and dtype != torch.float32
+        for layer in self.layers:
+            layer.varlen = on  # type: ignore[assignment]
+        return on
 
     def lora_groups(self) -> list[LoraGroup]:
         """Four groups per layer, in the order `_Layer.forward` calls `lora.add`."""

@@ -45,6 +45,7 @@ class Engine:
         self.dtype = _DTYPES[dtype]
         hf = AutoModel.from_pretrained(model_dir, dtype=self.dtype)
         self.encoder = PackedEncoder(hf).to(self.device).eval()
+        self.varlen_attention = self.encoder.use_varlen_attention(self.device, self.dtype)
         sentence = read_sentence_config(model_dir)
         self.pooling = sentence.pooling
         self.default_normalize = sentence.normalize
@@ -89,7 +90,8 @@ class Engine:
         """Vectors [len(rows), dims] float32, in the order of `rows`."""
         order = sorted(range(len(rows)), key=lambda i: _slot_key(rows[i]))
         ordered = [rows[i] for i in order]
-        batch = pack([r.tokens for r in ordered], self.encoder.position_offset, self.device)
+        tokens = [r.tokens for r in ordered]
+        batch = pack(tokens, self.encoder.position_offset, self.device, not self.varlen_attention)
         lora = self._lora_batch(ordered)
         hidden = self.encoder(batch, lora)
         vectors = pool(hidden, batch, self.pooling).float()

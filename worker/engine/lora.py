@@ -22,6 +22,7 @@ while a batch that uses it runs gives that batch mixed weights, which the cache'
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -105,27 +106,28 @@ class LoraPool:
         self._where = {
             name: (g, j) for g, group in enumerate(groups) for j, name in enumerate(group.modules)
         }
-        self.a = [
-            torch.zeros(
-                n_slots, len(gr.modules) * max_rank, gr.in_features, device=device, dtype=dtype
-            )
-            for gr in groups
-        ]
-        self.b = [
-            torch.zeros(
-                n_slots,
-                len(gr.modules) * max_rank,
-                sum(gr.out_features),
-                device=device,
-                dtype=dtype,
-            )
-            for gr in groups
-        ]
+        self.dtype = dtype
+        # A group's tensors are allocated when the first adapter targeting it arrives, so
+        # modules no adapter touches (often the FFN) cost no memory and no time.
+        self.a: list[torch.Tensor | None] = [None] * len(groups)
+        self.b: list[torch.Tensor | None] = [None] * len(groups)
+        self._alloc_lock = threading.Lock()
         self.layouts = [_SlotLayout() for _ in range(n_slots)]
 
     @property
     def module_names(self) -> set[str]:
         return set(self._where)
+
+    def _group_tensors(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._alloc_lock:
+            a, b = self.a[g], self.b[g]
+            if a is None or b is None:
+                group, rows = self.groups[g], len(self.groups[g].modules) * self.max_rank
+                dev, dt = self.device, self.dtype
+                a = torch.zeros(self.n_slots, rows, group.in_features, device=dev, dtype=dt)
+                b = torch.zeros(self.n_slots, rows, sum(group.out_features), device=dev, dtype=dt)
+                self.a[g], self.b[g] = a, b
+            return a, b
 
     def write(self, slot: int, weights: AdapterWeights) -> None:
         per_group: list[list[tuple[int, LoraModuleWeights]]] = [[] for _ in self.groups]
@@ -134,15 +136,17 @@ class LoraPool:
             per_group[g].append((j, w))
         layout = _SlotLayout()
         for g, (group, items) in enumerate(zip(self.groups, per_group, strict=True)):
-            self.a[g][slot].zero_()
-            self.b[g][slot].zero_()
             pieces, row = [], 0
-            for j, w in sorted(items, key=lambda item: item[0]):
-                rank, col, out = w.a.shape[0], group.col_offsets[j], group.out_features[j]
-                self.a[g][slot, row : row + rank].copy_(w.a, non_blocking=True)
-                self.b[g][slot, row : row + rank, col : col + out].copy_(w.b.T, non_blocking=True)
-                pieces.append(_Piece(row=row, rank=rank, col=col, out=out))
-                row += rank
+            if items or self.a[g] is not None:
+                a, b = self._group_tensors(g)
+                a[slot].zero_()
+                b[slot].zero_()
+                for j, w in sorted(items, key=lambda item: item[0]):
+                    rank, col, out = w.a.shape[0], group.col_offsets[j], group.out_features[j]
+                    a[slot, row : row + rank].copy_(w.a, non_blocking=True)
+                    b[slot, row : row + rank, col : col + out].copy_(w.b.T, non_blocking=True)
+                    pieces.append(_Piece(row=row, rank=rank, col=col, out=out))
+                    row += rank
             layout.pieces.append(pieces)
             layout.rows.append(row)
         self.layouts[slot] = layout
@@ -177,6 +181,8 @@ class LoraBatch:
 
     def _add_segments(self, g: int, x: torch.Tensor, y: torch.Tensor) -> None:
         a, b = self.pool.a[g], self.pool.b[g]
+        if a is None or b is None:
+            return
         for seg in self.segments:
             layout = self.pool.layouts[seg.slot]
             rows = layout.rows[g]
@@ -194,10 +200,11 @@ class LoraBatch:
         chunks = self._chunks
         assert chunks is not None
         rows = max(self.pool.layouts[s.slot].rows[g] for s in self.segments)
-        if rows == 0:
+        pool_a, pool_b = self.pool.a[g], self.pool.b[g]
+        if rows == 0 or pool_a is None or pool_b is None:
             return
-        a = self.pool.a[g].index_select(0, chunks.slots)[:, :rows]  # [n, R, in]
-        b = self.pool.b[g].index_select(0, chunks.slots)[:, :rows]  # [n, R, out]
+        a = pool_a.index_select(0, chunks.slots)[:, :rows]  # [n, R, in]
+        b = pool_b.index_select(0, chunks.slots)[:, :rows]  # [n, R, out]
         xc = x.index_select(0, chunks.token_index.view(-1)).view(*chunks.token_index.shape, -1)
         delta = torch.bmm(torch.bmm(xc, a.transpose(1, 2)), b)  # [n, chunk, out]
         delta = delta.view(-1, delta.shape[-1]).index_select(0, chunks.valid)
