@@ -50,7 +50,8 @@ async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
     options = request.params.options
     if options.lora_id is not None:
         validate_lora_id(options.lora_id)
-        if s.adapters.check_at_submit and not exists_locally(s.adapters.dir, options.lora_id):
+        check = s.adapters.check_at_submit and not s.adapters.remote
+        if check and not exists_locally(s.adapters.dir, options.lora_id):
             raise AdapterNotFound(f"adapter {options.lora_id!r} not found")
     if not options.truncate and (loaded := await to_thread.run_sync(gw.tokenizer, model)):
         tokenizer, limit = loaded

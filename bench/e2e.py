@@ -60,7 +60,8 @@ class InProcess:
     def __init__(self, model_dir: Path, adapter_dir: Path) -> None:
         from common.settings import BaseMismatchPolicy
         from worker.adapter_cache import AdapterCache
-        from worker.adapter_files import AdapterRules, ChainSource, LocalDirSource
+        from worker.adapter_files import AdapterRules
+        from worker.adapter_sources import ChainSource, LocalDirSource
         from worker.batcher import Batcher
         from worker.engine.engine import Engine
 

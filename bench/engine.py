@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.settings import DEFAULT_MODEL_ID, BaseMismatchPolicy, resolve_model_path
 from worker.adapter_cache import AdapterCache
-from worker.adapter_files import AdapterRules, ChainSource, LocalDirSource
+from worker.adapter_files import AdapterRules
+from worker.adapter_sources import ChainSource, LocalDirSource
 from worker.batcher import Row, form_batches
 from worker.engine.engine import Engine
 from worker.engine.lora import AdapterWeights, LoraModuleWeights

@@ -123,6 +123,13 @@ class EncodeFailed(Permanent):
     http_status = 500
 
 
+class AdapterSourceUnavailable(Retryable):
+    """A remote adapter source (Hub, S3) could not be asked; the adapter may well exist."""
+
+    code = "ADAPTER_SOURCE_UNAVAILABLE"
+    http_status = 503
+
+
 class WorkerError(Retryable):
     code = "WORKER_ERROR"
     http_status = 500

@@ -11,7 +11,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -49,6 +49,15 @@ class AdapterSettings(_Section):
     """Where adapters come from and how many stay warm."""
 
     dir: Path = Path("adapters")
+    #: Also look on the Hugging Face Hub (or the mirror at `hub_endpoint`) for `org/name`.
+    hub: bool = False
+    hub_endpoint: str | None = None
+    hub_token: SecretStr | None = None
+    #: Also look in `s3://bucket/prefix/<org>/<name>/` (needs boto3: `pip install loraq[s3]`).
+    s3_uri: str | None = None
+    #: Local disk tier for adapters fetched from the Hub or S3.
+    cache_dir: Path = Path(".loraq/adapter-cache")
+    #: Answer 404 at submit for adapters missing from `dir` (only without remote sources).
     check_at_submit: bool = True
     gpu_slots: int = Field(32, ge=1)
     cpu_slots: int = Field(128, ge=1)
@@ -56,6 +65,10 @@ class AdapterSettings(_Section):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
     base_mismatch: BaseMismatchPolicy = BaseMismatchPolicy.REFUSE
     pinned: list[str] = Field(default_factory=list)
+
+    @property
+    def remote(self) -> bool:
+        return self.hub or self.s3_uri is not None
 
 
 class WorkerSettings(_Section):

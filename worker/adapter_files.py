@@ -1,13 +1,11 @@
-"""Find an adapter's files and turn them into validated weights the engine can run.
+"""Turn an adapter's files into validated weights the engine can run.
 
-Adapters are PEFT's own save format: `adapter_config.json` + `adapter_model.safetensors`. Sources
-are tried in order: the configured adapter directory (`<dir>/<org>/<name>/`), then, if set up, the
-Hugging Face Hub or S3, which download into the local disk cache once.
-
-Validation refuses, each with its own error code, anything the engine would run wrongly or that
-could hurt the worker: pickle weights, non-LoRA adapters, LoRA variants we do not compute (DoRA,
-trained biases, extra saved modules), tensors that do not match the config or the base model,
-ranks above the pool's, NaN/inf, oversize files and adapters trained for another base model.
+Adapters are PEFT's own save format: `adapter_config.json` + `adapter_model.safetensors`
+(`worker.adapter_sources` finds them). Validation refuses, each with its own error code, anything
+the engine would run wrongly or that could hurt the worker: pickle weights, non-LoRA adapters,
+LoRA variants we do not compute (DoRA, trained biases, extra saved modules), tensors that do not
+match the config or the base model, ranks above the pool's, NaN/inf, oversize files and adapters
+trained for another base model.
 """
 
 from __future__ import annotations
@@ -17,18 +15,16 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
-from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE, adapter_path, exists_locally
+from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.errors import (
     AdapterBaseMismatch,
     AdapterNonFinite,
-    AdapterNotFound,
     AdapterNotLora,
     AdapterRankTooHigh,
     AdapterShapeMismatch,
@@ -38,7 +34,6 @@ from common.errors import (
     AdapterUnsafeFormat,
     AdapterUnsupported,
 )
-from common.schemas import validate_lora_id
 from common.settings import BaseMismatchPolicy
 from worker.engine.lora import AdapterWeights, LoraModuleWeights
 
@@ -47,54 +42,6 @@ log = logging.getLogger(__name__)
 _KEY_RE = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight")
 #: Modules whose LoRA cannot change a sentence embedding (the pooler output is never used).
 _IGNORED_MODULE_PREFIXES = ("pooler.",)
-
-
-class AdapterSource(Protocol):
-    def fetch(self, lora_id: str) -> Path | None:
-        """The local directory holding the adapter's files, or None if this source lacks it."""
-
-
-class LocalDirSource:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def fetch(self, lora_id: str) -> Path | None:
-        return adapter_path(self.root, lora_id) if exists_locally(self.root, lora_id) else None
-
-
-class HubSource:
-    """Downloads from a Hugging Face Hub (or a mirror at `endpoint`) into `cache_dir` once."""
-
-    def __init__(self, cache_dir: Path, endpoint: str | None = None, token: str | None = None):
-        self.cache_dir, self.endpoint, self.token = cache_dir, endpoint, token
-
-    def fetch(self, lora_id: str) -> Path | None:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-        try:
-            return Path(
-                snapshot_download(
-                    repo_id=validate_lora_id(lora_id),
-                    allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, PICKLE_FILE],
-                    cache_dir=self.cache_dir,
-                    endpoint=self.endpoint,
-                    token=self.token,
-                )
-            )
-        except (RepositoryNotFoundError, EntryNotFoundError):
-            return None
-
-
-class ChainSource:
-    def __init__(self, sources: Iterable[AdapterSource]) -> None:
-        self.sources = list(sources)
-
-    def fetch(self, lora_id: str) -> Path:
-        for source in self.sources:
-            if (path := source.fetch(lora_id)) is not None:
-                return path
-        raise AdapterNotFound(f"adapter {lora_id!r} not found")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
 from common.workers import remove_worker, write_heartbeat
 from worker.adapter_cache import AdapterCache
-from worker.adapter_files import AdapterRules, ChainSource, LocalDirSource
+from worker.adapter_files import AdapterRules
+from worker.adapter_sources import sources_from_settings
 from worker.batcher import Batcher
 from worker.celery_app import make_worker_app
 from worker.runner import JobRunner
@@ -55,9 +56,8 @@ class WorkerProcess:
         self.redis = redis.Redis.from_url(settings.redis_url)
         ad = settings.adapters
         rules = AdapterRules(ad.max_rank, ad.max_file_bytes, ad.base_mismatch)
-        source = ChainSource([LocalDirSource(ad.dir)])
         self.cache = AdapterCache(
-            source.fetch,
+            sources_from_settings(ad).fetch,
             self.engine,
             rules,
             n_slots=ad.gpu_slots,

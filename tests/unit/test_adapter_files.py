@@ -17,13 +17,7 @@ from common import errors
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
 from tests.unit.conftest import BASE_ID, PEFT_WARNINGS, edit_config
-from worker.adapter_files import (
-    AdapterRules,
-    BaseModelInfo,
-    ChainSource,
-    LocalDirSource,
-    read_adapter,
-)
+from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
 
 pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
 
@@ -444,21 +438,3 @@ def test_content_hash_stable_and_sensitive(make_adapter, tiny_base_info, tmp_pat
 
     edit_config(path, lora_alpha=32)
     assert _read(path, tiny_base_info).content_hash != first
-
-
-# -- sources ---------------------------------------------------------------------------------
-
-
-def test_local_and_chain_sources(make_adapter, tmp_path) -> None:
-    root = tmp_path / "adapters"
-    src = make_adapter("src", r=2, target_modules=["query"])
-    shutil.copytree(src, root / "org" / "name")
-    local = LocalDirSource(root)
-    assert local.fetch("org/name") == root / "org" / "name"
-    assert local.fetch("org/missing") is None
-    chain = ChainSource([LocalDirSource(tmp_path / "empty"), local])
-    assert chain.fetch("org/name") == root / "org" / "name"
-    with pytest.raises(errors.AdapterNotFound):
-        chain.fetch("org/missing")
-    with pytest.raises(errors.InvalidLoraId):
-        chain.fetch("../etc")

@@ -1,0 +1,182 @@
+"""Where adapters come from: the adapter directory, then optionally the Hugging Face Hub or S3.
+
+Remote sources download into the local disk cache (`adapters.cache_dir`) and serve later loads
+from there, so a worker that restarts or evicts an adapter from memory does not fetch it again. A
+source answers None when it does not have the adapter; the chain answers `ADAPTER_NOT_FOUND` when
+none has it, and `ADAPTER_SOURCE_UNAVAILABLE` when a remote source could not be asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE, adapter_path, exists_locally
+from common.errors import AdapterNotFound, AdapterSourceUnavailable
+from common.schemas import validate_lora_id
+from common.settings import AdapterSettings
+
+log = logging.getLogger(__name__)
+
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, PICKLE_FILE)
+
+
+class AdapterSource(Protocol):
+    def fetch(self, lora_id: str) -> Path | None:
+        """A local directory holding the adapter's files, or None if this source lacks it."""
+
+
+class LocalDirSource:
+    """`<root>/<org>/<name>/`: the adapter directory, e.g. a mounted volume."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def fetch(self, lora_id: str) -> Path | None:
+        return adapter_path(self.root, lora_id) if exists_locally(self.root, lora_id) else None
+
+
+class HubSource:
+    """A Hugging Face Hub (or a mirror at `endpoint`); `huggingface_hub` keeps its own cache
+    under `cache_dir`, and with `offline` serves only what that cache already holds."""
+
+    def __init__(
+        self, cache_dir: Path, endpoint: str | None = None, token: str | None = None,
+        offline: bool = False,
+    ) -> None:  # fmt: skip
+        self.cache_dir, self.endpoint, self.token, self.offline = (
+            cache_dir,
+            endpoint,
+            token,
+            offline,
+        )
+
+    def fetch(self, lora_id: str) -> Path | None:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+
+        try:
+            path = snapshot_download(
+                repo_id=validate_lora_id(lora_id),
+                allow_patterns=list(ADAPTER_FILES),
+                cache_dir=self.cache_dir,
+                endpoint=self.endpoint,
+                token=self.token,
+                local_files_only=self.offline,
+            )
+        except (RepositoryNotFoundError, EntryNotFoundError):
+            return None
+        except LocalEntryNotFoundError:
+            if self.offline:
+                return None
+            raise AdapterSourceUnavailable(
+                f"the hub could not be reached for {lora_id!r}"
+            ) from None
+        except OSError as exc:
+            raise AdapterSourceUnavailable(f"hub download of {lora_id!r} failed: {exc}") from exc
+        found = Path(str(path))
+        return found if (found / CONFIG_FILE).is_file() else None
+
+
+class S3Client(Protocol):
+    """The part of boto3's S3 client this source uses."""
+
+    def head_object(self, *, Bucket: str, Key: str) -> dict[str, Any]: ...
+
+    def download_file(self, Bucket: str, Key: str, Filename: str) -> None: ...
+
+
+class S3Source:
+    """`s3://bucket/prefix/<org>/<name>/`, downloaded into `cache_dir/s3/<org>/<name>/`. A cached
+    copy is reused while the objects' ETags are unchanged, so an adapter re-uploaded under the
+    same id is fetched again (and gets a new content hash)."""
+
+    def __init__(self, uri: str, cache_dir: Path, client: S3Client | None = None) -> None:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.cache_dir = cache_dir / "s3"
+        self._client = client
+
+    @property
+    def client(self) -> S3Client:
+        if self._client is None:
+            import boto3  # optional dependency: pip install 'loraq[s3]'
+
+            self._client = boto3.client("s3")
+        return self._client
+
+    def _key(self, lora_id: str, name: str) -> str:
+        return "/".join(p for p in (self.prefix, validate_lora_id(lora_id), name) if p)
+
+    def _etags(self, lora_id: str) -> dict[str, str] | None:
+        etags = {}
+        for name in ADAPTER_FILES:
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(lora_id, name))
+            except Exception as exc:
+                if _is_missing(exc):
+                    continue
+                raise AdapterSourceUnavailable(f"S3 lookup of {lora_id!r} failed: {exc}") from exc
+            etags[name] = str(head.get("ETag", ""))
+        return etags if CONFIG_FILE in etags else None
+
+    def fetch(self, lora_id: str) -> Path | None:
+        etags = self._etags(lora_id)
+        if etags is None:
+            return None
+        target = self.cache_dir / validate_lora_id(lora_id)
+        stamp = target / ".etags.json"
+        if stamp.is_file() and json.loads(stamp.read_text()) == etags:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            for name in etags:
+                self.client.download_file(
+                    self.bucket, self._key(lora_id, name), str(scratch / name)
+                )
+            (scratch / ".etags.json").write_text(json.dumps(etags))
+            shutil.rmtree(target, ignore_errors=True)
+            scratch.rename(target)
+        except Exception as exc:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise AdapterSourceUnavailable(f"S3 download of {lora_id!r} failed: {exc}") from exc
+        return target
+
+
+def _is_missing(exc: Exception) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in ("404", "NoSuchKey", "NotFound") or isinstance(exc, FileNotFoundError)
+
+
+class ChainSource:
+    def __init__(self, sources: Iterable[AdapterSource]) -> None:
+        self.sources = list(sources)
+
+    def fetch(self, lora_id: str) -> Path:
+        for source in self.sources:
+            if (path := source.fetch(lora_id)) is not None:
+                return path
+        raise AdapterNotFound(f"adapter {lora_id!r} not found")
+
+
+def sources_from_settings(settings: AdapterSettings) -> ChainSource:
+    sources: list[AdapterSource] = [LocalDirSource(settings.dir)]
+    if settings.hub:
+        token = settings.hub_token.get_secret_value() if settings.hub_token else None
+        sources.append(HubSource(settings.cache_dir / "hub", settings.hub_endpoint, token))
+    if settings.s3_uri:
+        sources.append(S3Source(settings.s3_uri, settings.cache_dir))
+    return ChainSource(sources)
