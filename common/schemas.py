@@ -161,3 +161,9 @@ class WorkerInfo(BaseModel):
     backlog: int = 0
     started_at: float
     seen_at: float
+    adapter_loads: int = 0
+    adapter_hits: int = 0
+    adapter_misses: int = 0
+    adapter_evictions: int = 0
+    batches: int = 0
+    rows: int = 0

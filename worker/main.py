@@ -94,6 +94,7 @@ class WorkerProcess:
         remove_worker(self.redis, self.id)
 
     def info(self) -> WorkerInfo:
+        cache, batches = self.cache.stats, self.batcher.stats
         return WorkerInfo(
             id=self.id,
             model=self.settings.worker.model,
@@ -103,6 +104,12 @@ class WorkerProcess:
             backlog=self.batcher.backlog(),
             started_at=self.started_at,
             seen_at=time.time(),
+            adapter_loads=cache.loads,
+            adapter_hits=cache.hits,
+            adapter_misses=cache.misses,
+            adapter_evictions=cache.evictions,
+            batches=batches.batches,
+            rows=batches.rows,
         )
 
     def _write_heartbeat(self) -> None:

@@ -413,3 +413,42 @@ def test_unknown_backend_refused() -> None:
     lora_pool = LoraPool([LoraGroup(("g.a",), 2, (2,))], 1, 1, CPU, torch.float32)
     with pytest.raises(ValueError, match="backend"):
         LoraBatch(lora_pool, [], "triton")
+
+
+EIGHT = [
+    {"r": 2, "lora_alpha": 4, "target_modules": ["query", "value"]},
+    {"r": 4, "lora_alpha": 4, "target_modules": ["query", "key", "value"], "use_rslora": True},
+    {"r": 8, "lora_alpha": 32, "target_modules": ["dense"]},
+    {"r": 1, "lora_alpha": 2, "target_modules": ["key"]},
+    {"r": 6, "lora_alpha": 3, "target_modules": ["value", "output.dense"]},
+    {"r": 3, "lora_alpha": 9, "target_modules": ["query", "intermediate.dense"]},
+    {"r": 7, "lora_alpha": 16, "target_modules": ["query", "key", "value", "dense"]},
+    {"r": 5, "lora_alpha": 10, "target_modules": ["attention.output.dense", "value"]},
+]
+
+
+@pytest.mark.parametrize("backend", ["segment", "bmm"])
+def test_eight_adapters_and_base_rows_equal_rows_alone(
+    make_base, make_adapter, backend: str
+) -> None:
+    """One batch mixing 8 adapters and base rows gives every row what it gets alone."""
+    base = make_base("bert")
+    encoder = PackedEncoder(base).eval()
+    lora_pool = LoraPool(encoder.lora_groups(), 8, RULES.max_rank, CPU, torch.float32)
+    info = base_info_for(base)
+    for slot, config in enumerate(EIGHT):
+        path = make_adapter(f"eight-{slot}", seed=40 + slot, **config)
+        lora_pool.write(slot, read_adapter(f"org/e{slot}", path, info, RULES))
+    engine = bare_engine({"encoder": encoder, "pool": lora_pool}, backend)
+    lengths = [3 + (7 * i) % 13 for i in range(27)]
+    slots: list[int | None] = [None if i % 3 == 0 else i % 8 for i in range(27)]
+    rows = [
+        Row(t, s, i % 2 == 0)
+        for i, (t, s) in enumerate(zip(random_rows(lengths, seed=9), slots, strict=True))
+    ]
+    mixed = engine.encode(rows)
+    alone = np.concatenate([engine.encode([row]) for row in rows])
+    assert np.abs(mixed - alone).max() <= 1e-5
+    base_alone = np.concatenate([engine.encode([Row(r.tokens, None, r.normalize)]) for r in rows])
+    changed = [i for i, s in enumerate(slots) if s is not None]
+    assert np.abs(mixed[changed] - base_alone[changed]).max(axis=1).min() > 1e-4, "adapters apply"
