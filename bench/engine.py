@@ -6,6 +6,7 @@ Configurations, each timed as the median of several batches after warm-up:
   at 64 adapters: `Engine.encode` end to end (packing, forward, pooling, copy to host);
 - PEFT: one adapter active; `adapter_names` with 8/64 adapters per batch; `set_adapter` per
   sub-batch with 8/64 adapters (one adapter per forward, as SIE does);
+  All of these run round-robin (one of each per round), so drifts in machine speed hit all alike.
 - cold load: a never-seen adapter from disk into a device slot (`AdapterCache.acquire`: read,
   validate, hash, pin, copy), p50/p99 over distinct adapters;
 - mixed lengths: sequences of uniformly random length, real tokens/s of loraq (batcher's length
@@ -30,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,21 +101,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timeit(fn: Callable[[], Any], shape: Shape, n: int | None = None) -> float:
-    """Median seconds of `n` runs after the warm-up runs."""
-    with torch.inference_mode():
-        for _ in range(shape.warmup):
-            fn()
-        sync(shape.device)
-        times = []
-        for _ in range(n or shape.timed):
-            started = time.perf_counter()
-            fn()
-            sync(shape.device)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def random_adapter(engine: Engine, index: int, rank: int) -> AdapterWeights:
     gen = torch.Generator().manual_seed(index)
     modules = {}
@@ -155,6 +142,27 @@ class Report:
         return next(r["ms_per_batch"] for r in self.rows if r["config"] == config) / 1000
 
 
+Config = tuple[str, Callable[[], Any], dict[str, Any]]
+
+
+def round_robin(configs: list[Config], shape: Shape) -> dict[str, float]:
+    """Median seconds per config, timing one run of every config per round, so slow drifts in
+    the machine's speed (shared CPUs, clocks) hit every config alike."""
+    times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    with torch.inference_mode():
+        for _, fn, _ in configs:
+            for _ in range(shape.warmup):
+                fn()
+        sync(shape.device)
+        for _ in range(shape.timed):
+            for name, fn, _ in configs:
+                started = time.perf_counter()
+                fn()
+                sync(shape.device)
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def bench_engines(shape: Shape, model_dir: Path, report: Report) -> None:
     from transformers import AutoModel
 
@@ -164,36 +172,35 @@ def bench_engines(shape: Shape, model_dir: Path, report: Report) -> None:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(5, vocab, (shape.batch, shape.tokens), generator=gen).to(shape.device)
     mask = torch.ones_like(ids)
-    report.add("base", timeit(lambda: hf(input_ids=ids, attention_mask=mask), shape))
-    bench_peft(shape, hf, ids, mask, report)
-    hf.cpu()
+    configs: list[Config] = [("base", lambda: hf(input_ids=ids, attention_mask=mask), {})]
+    configs += peft_configs(shape, hf, ids, mask)
     for rank in (16, 8, 64):
-        bench_engine_rank(shape, model_dir, vocab, rank, report)
+        configs += engine_configs(shape, model_dir, vocab, rank)
+    seconds = round_robin(configs, shape)
+    for name, _, extra in configs:
+        report.add(name, seconds[name], **extra)
 
 
-def bench_engine_rank(shape: Shape, model_dir: Path, vocab: int, rank: int, report: Report) -> None:
+def engine_configs(shape: Shape, model_dir: Path, vocab: int, rank: int) -> list[Config]:
     counts = (1, 8, 64, 256) if rank == 16 else (64,)
     engine = Engine(
         DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype,
         n_slots=max(counts), max_rank=rank,
     )  # fmt: skip
+    configs: list[Config] = []
     if rank == 16:
         base_rows = random_rows(shape, vocab, [None] * shape.batch)
-        report.add("engine_no_adapters", timeit(lambda: engine.encode(base_rows), shape))
+        configs.append(("engine_no_adapters", partial(engine.encode, base_rows), {}))
     for slot in range(max(counts)):
         engine.write_slot(slot, random_adapter(engine, slot, rank))
     for n in counts:
         rows = random_rows(shape, vocab, [i % n for i in range(shape.batch)])
-        seconds = timeit(lambda: engine.encode(rows), shape)  # noqa: B023
-        distinct = min(n, shape.batch)
-        report.add(
-            f"engine_{n}_adapters_r{rank}", seconds, backend=engine.lora_backend, adapters=distinct
-        )
+        extra = {"backend": engine.lora_backend, "adapters": min(n, shape.batch)}
+        configs.append((f"engine_{n}_adapters_r{rank}", partial(engine.encode, rows), extra))
+    return configs
 
 
-def bench_peft(
-    shape: Shape, hf: Any, ids: torch.Tensor, mask: torch.Tensor, report: Report
-) -> None:
+def peft_configs(shape: Shape, hf: Any, ids: torch.Tensor, mask: torch.Tensor) -> list[Config]:
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -203,29 +210,27 @@ def bench_peft(
     for i in range(1, 64):
         peft_model.add_adapter(f"a{i}", config)
     peft_model = peft_model.to(shape.device, getattr(torch, shape.dtype)).eval()
-    peft_model.set_adapter("a0")
-    report.add(
-        "peft_single_adapter", timeit(lambda: peft_model(input_ids=ids, attention_mask=mask), shape)
-    )
     batch = shape.batch
-    for n in (8, 64):
+
+    def single() -> None:
+        peft_model.set_adapter("a0")
+        peft_model(input_ids=ids, attention_mask=mask)
+
+    def mixed(n: int) -> None:
         names = [f"a{i % n}" for i in range(batch)]
-        fn = lambda: peft_model(input_ids=ids, attention_mask=mask, adapter_names=names)  # noqa: E731, B023
-        report.add(f"peft_adapter_names_{n}", timeit(fn, shape, n=max(2, shape.timed // 2)))
+        peft_model(input_ids=ids, attention_mask=mask, adapter_names=names)
 
     def per_adapter(n: int) -> None:
         per = max(1, batch // n)
         for i in range(min(n, batch)):
             peft_model.set_adapter(f"a{i}")
-            peft_model(
-                input_ids=ids[i * per : (i + 1) * per], attention_mask=mask[i * per : (i + 1) * per]
-            )
+            rows = slice(i * per, (i + 1) * per)
+            peft_model(input_ids=ids[rows], attention_mask=mask[rows])
 
-    for n in (8, 64):
-        fn = lambda: per_adapter(n)  # noqa: E731, B023
-        report.add(
-            f"peft_set_adapter_subbatches_{n}", timeit(fn, shape, n=max(2, shape.timed // 2))
-        )
+    configs: list[Config] = [("peft_single_adapter", single, {})]
+    configs += [(f"peft_adapter_names_{n}", partial(mixed, n), {}) for n in (8, 64)]
+    configs += [(f"peft_set_adapter_subbatches_{n}", partial(per_adapter, n), {}) for n in (8, 64)]
+    return configs
 
 
 def write_peft_files(engine: Engine, out: Path, index: int, rank: int = 16) -> None:
@@ -304,8 +309,6 @@ def bench_mixed_lengths(shape: Shape, model_dir: Path) -> dict[str, Any]:
         for ids, mask in padded_batches:
             hf(input_ids=ids, attention_mask=mask)
 
-    padded_s = timeit(run_padded, shape, n=3)
-    hf.cpu()
     engine = Engine(DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype)
     batches = form_batches(lengths, shape.mixed_budget, 256)
     row_batches = [[Row(seqs[i], None, True) for i in batch] for batch in batches]
@@ -314,7 +317,8 @@ def bench_mixed_lengths(shape: Shape, model_dir: Path) -> dict[str, Any]:
         for rows in row_batches:
             engine.encode(rows)
 
-    packed_s = timeit(run_packed, shape, n=3)
+    seconds = round_robin([("padded", run_padded, {}), ("packed", run_packed, {})], shape)
+    padded_s, packed_s = seconds["padded"], seconds["packed"]
     padded_tokens = 0
     for batch in batches:
         lens = np.array([lengths[i] for i in batch])
