@@ -51,11 +51,9 @@ def describe_validation(errors: list[dict[str, object]], limit: int = 3) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(E.LoraqError)
     async def _loraq(_: Request, exc: E.LoraqError) -> Response:
-        headers = (
-            {"Retry-After": "1"}
-            if isinstance(exc, E.Retryable) and exc.http_status == 503
-            else None
-        )
+        headers = None
+        if isinstance(exc, E.Retryable) and exc.http_status in (429, 503):
+            headers = {"Retry-After": str(getattr(exc, "retry_after", 1))}
         return error_response(exc, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.routes import encode, health, jobs
+from api.routing_table import RoutingTable
 from api.state import Gateway
 from api.waiter import CompletionWaiter
 from common.jobs import AsyncJobStore
@@ -24,11 +25,14 @@ def create_app(settings: Settings) -> FastAPI:
         store = AsyncJobStore(client, settings.result_ttl_s)
         waiter = CompletionWaiter(client, store)
         await waiter.start()
+        routing = RoutingTable(client, settings)
+        await routing.start()
         celery = make_celery(settings)
-        app.state.gateway = Gateway(settings, client, store, celery, waiter)
+        app.state.gateway = Gateway(settings, client, store, celery, waiter, routing)
         try:
             yield
         finally:
+            await routing.stop()
             await waiter.stop()
             celery.close()
             await client.aclose()

@@ -52,6 +52,8 @@ def job_view(job: StoredJob, result: bytes | None, self_url: str) -> dict[str, A
         "lora_id": job.lora_id,
         "adapter_hash": job.adapter_hash,
         "n_items": job.n_items,
+        "attempts": job.attempts,
+        "worker": job.worker,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from tokenizers import Tokenizer
 
+from api.routing_table import RoutingTable
 from api.waiter import CompletionWaiter
 from common.jobs import AsyncJobStore
 from common.model_files import load_tokenizer, max_length
@@ -26,6 +27,7 @@ class Gateway:
     store: AsyncJobStore
     celery: Celery
     waiter: CompletionWaiter
+    routing: RoutingTable
     _tokenizers: dict[str, tuple[Tokenizer, int] | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

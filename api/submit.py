@@ -9,7 +9,6 @@ import time
 from anyio import to_thread
 
 from api.state import Gateway
-from common import keys
 from common.adapters import exists_locally
 from common.errors import (
     AdapterNotFound,
@@ -61,9 +60,11 @@ async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
 
 
 async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
-    """Validate, record the job, then publish it. If publishing fails the job is marked failed
-    and the caller gets 503, so no job is left looking queued with no message behind it."""
+    """Validate, admit (backpressure), record the job, route it, publish it. If publishing fails
+    the job is marked failed and the caller gets 503, so no job is left looking queued with no
+    message behind it."""
     await validate(gw, model, request)
+    gw.routing.admit(model)
     options = request.params.options
     now = time.time()
     ids = [item.id for item in request.items]
@@ -86,8 +87,9 @@ async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
         truncate=options.truncate,
         enqueued_at=now,
     )
+    route = gw.routing.route(model, options.lora_id, job.id)
     try:
-        await to_thread.run_sync(publish, gw.celery, message, keys.model_queue(model))
+        await to_thread.run_sync(publish, gw.celery, message, route.queue)
     except Exception as exc:
         log.exception("publishing job %s failed", job.id)
         error = QueueUnavailable(f"the job queue is unavailable: {exc}")

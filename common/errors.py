@@ -111,6 +111,24 @@ class JobTimeout(Retryable):
         return {**super().to_dict(), "job_id": self.job_id}
 
 
+class QueueFull(Retryable):
+    """Backpressure: the model's queue is at its limit; retry after `Retry-After` seconds."""
+
+    code = "QUEUE_FULL"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RedeliveryLimit(Permanent):
+    """Workers died on this job again and again; it went to the dead-letter list."""
+
+    code = "REDELIVERY_LIMIT"
+    http_status = 500
+
+
 class QueueUnavailable(Retryable):
     code = "QUEUE_UNAVAILABLE"
     http_status = 503

@@ -41,6 +41,9 @@ if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[8]) end
 return {1, cur, attempts}
 """
 
+#: KEYS and ARGV of one transition script call.
+Op = tuple[list[str], list[str | bytes]]
+
 _NUMERIC_FIELDS = {"n_items", "dims", "attempts"}
 _FLOAT_FIELDS = {"created_at", "started_at", "finished_at", "inference_ms"}
 
@@ -91,7 +94,7 @@ def _transition(
     fields: Mapping[str, object],
     result: bytes | None = None,
     count_attempt: bool = False,
-) -> tuple[list[str], list[str | bytes]]:
+) -> Op:
     """KEYS and ARGV of one `_TRANSITION_LUA` call."""
     args: list[str | bytes] = [
         " " + " ".join(allowed) + " ",
@@ -112,8 +115,8 @@ def _transition(
 _FROM_NOT_TERMINAL = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-def start_op(job_id: str, ttl_s: int, now: float) -> tuple[list[str], list[str | bytes]]:
-    fields = {"started_at": now}
+def start_op(job_id: str, ttl_s: int, now: float, worker: str) -> Op:
+    fields = {"started_at": now, "worker": worker}
     return _transition(
         job_id, _FROM_NOT_TERMINAL, JobStatus.RUNNING, ttl_s, fields, count_attempt=True
     )
@@ -121,7 +124,7 @@ def start_op(job_id: str, ttl_s: int, now: float) -> tuple[list[str], list[str |
 
 def succeed_op(
     job_id: str, ttl_s: int, now: float, result: bytes, fields: Mapping[str, object]
-) -> tuple[list[str], list[str | bytes]]:
+) -> Op:
     fields = {"finished_at": now, **fields}
     return _transition(
         job_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, ttl_s, fields, result=result
@@ -130,7 +133,7 @@ def succeed_op(
 
 def fail_op(
     job_id: str, ttl_s: int, now: float, code: str, message: str
-) -> tuple[list[str], list[str | bytes]]:
+) -> Op:
     fields = {"finished_at": now, "error_code": code, "error_message": message}
     return _transition(job_id, _FROM_NOT_TERMINAL, JobStatus.FAILED, ttl_s, fields)
 
@@ -141,14 +144,13 @@ def _transition_result(reply: list[Any]) -> Transition:
     return Transition(applied=bool(applied), previous=prev, attempts=int(attempts))
 
 
-Op = tuple[list[str], list[str | bytes]]
 
 
 class JobStore:
     """Blocking store, for worker threads."""
 
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
-        self._r = client
+        self.client = client
         self.ttl_s = ttl_s
         self._script = client.register_script(_TRANSITION_LUA)
 
@@ -156,11 +158,11 @@ class JobStore:
         return _transition_result(self._script(keys=op[0], args=op[1]))
 
     def get(self, job_id: str) -> StoredJob | None:
-        raw = self._r.hgetall(keys.job(job_id))
+        raw = self.client.hgetall(keys.job(job_id))
         return decode_job(raw) if raw else None
 
-    def start(self, job_id: str, now: float) -> Transition:
-        return self._apply(start_op(job_id, self.ttl_s, now))
+    def start(self, job_id: str, now: float, worker: str = "") -> Transition:
+        return self._apply(start_op(job_id, self.ttl_s, now, worker))
 
     def succeed(
         self, job_id: str, now: float, result: bytes, fields: Mapping[str, object]

@@ -6,6 +6,8 @@
 | loraq:job:{<id>}:result            | string  | result_ttl_s        | common.jobs (CAS Lua) |
 | loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
 | loraq:workers                      | zset    | members pruned      | worker heartbeat      |
+| loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.leases (Lua)   |
+| loraq:dead-letter                  | list    | -                   | worker.runner         |
 | loraq:worker:{worker_id}           | string  | 3 heartbeats        | worker heartbeat      |
 | loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
 | loraq:celery:unacked(_index/mutex) | hash... | -                   | kombu (Celery broker) |
@@ -24,6 +26,7 @@ PREFIX = "loraq:"
 KOMBU_PREFIX = PREFIX + "celery:"
 JOB_DONE_CHANNEL = PREFIX + "events:job-done"
 WORKERS_ZSET = PREFIX + "workers"
+DEAD_LETTER = PREFIX + "dead-letter"
 TASK_ENCODE = "loraq.encode"
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -48,6 +51,17 @@ def model_slug(model_id: str) -> str:
 def model_queue(model_id: str) -> str:
     """The queue every worker of a model consumes; it outlives any one worker."""
     return f"jobs.{model_slug(model_id)}"
+
+
+def shard_queue(model_id: str, shard: int) -> str:
+    """One of a model's shard queues: workers lease them (`lease`) and the router targets the
+    shards of the worker it picks; when a worker dies its leases expire and others take over."""
+    return f"{model_queue(model_id)}.{shard}"
+
+
+def lease(model_id: str, shard: int) -> str:
+    """Who consumes a shard queue: the worker id, with a TTL the holder keeps renewing."""
+    return f"{PREFIX}lease:{model_slug(model_id)}:{shard}"
 
 
 def queue_list(queue: str) -> str:

@@ -139,6 +139,7 @@ class StoredJob(BaseModel):
     adapter_hash: str | None = None
     dims: int | None = None
     attempts: int = 0
+    worker: str | None = None  # the worker that last started it
 
 
 def iso(ts: float | None) -> str | None:

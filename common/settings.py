@@ -29,6 +29,8 @@ class LimitSettings(_Section):
     max_items_per_job: int = Field(1024, ge=1)
     max_text_chars: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: Backpressure: above this many queued jobs for a model, submits get 429 `QUEUE_FULL`.
+    max_queued_jobs: int = Field(10_000, ge=1)
 
 
 class BatchSettings(_Section):
@@ -71,6 +73,21 @@ class AdapterSettings(_Section):
         return self.hub or self.s3_uri is not None
 
 
+class RoutingSettings(_Section):
+    """Adapter-affinity routing over shard queues whose consumption is leased in Redis."""
+
+    #: Shard queues per model; a worker consumes the shards it leases (about shards / workers).
+    shards: int = Field(16, ge=1, le=1024)
+    #: A dead worker's shards go to others after this long without renewal.
+    lease_ttl_s: float = Field(10.0, gt=0)
+    #: Bounded loads: no worker is sent work above (1 + epsilon) x the mean backlog.
+    epsilon: float = Field(0.25, ge=0)
+    #: How often the gateway re-reads worker heartbeats and queue depths.
+    refresh_s: float = Field(0.5, gt=0)
+    #: A job delivered more often than this (its workers died on it) is dead-lettered.
+    max_deliveries: int = Field(3, ge=1)
+
+
 class WorkerSettings(_Section):
     """One worker process serves one model; its task threads feed one batcher."""
 
@@ -101,6 +118,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = BatchSettings()
     adapters: AdapterSettings = AdapterSettings()
     worker: WorkerSettings = WorkerSettings()
+    routing: RoutingSettings = RoutingSettings()
 
     @field_validator("models")
     @classmethod

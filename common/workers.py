@@ -6,6 +6,8 @@ death certificate) plus a zset entry scored by time, so readers find live worker
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 import redis.asyncio as aioredis
 
@@ -30,15 +32,35 @@ def remove_worker(client: redis.Redis, worker_id: str) -> None:
         pipe.execute()
 
 
-async def live_workers(client: aioredis.Redis) -> list[WorkerInfo]:
-    ids = [
-        i.decode() if isinstance(i, bytes) else str(i)
-        for i in await client.zrange(keys.WORKERS_ZSET, 0, -1)
-    ]
+def _alive(ids: list[str], records: list[bytes | str | None]) -> tuple[list[WorkerInfo], list[str]]:
+    alive = [WorkerInfo.model_validate_json(r) for r in records if r is not None]
+    dead = [i for i, r in zip(ids, records, strict=True) if r is None]
+    return alive, dead
+
+
+def _ids(raw: Sequence[object]) -> list[str]:
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in raw]
+
+
+def live_worker_infos(client: redis.Redis) -> list[WorkerInfo]:
+    ids = _ids(client.zrange(keys.WORKERS_ZSET, 0, -1))
     if not ids:
         return []
-    records = await client.mget([keys.worker(i) for i in ids])
-    dead = [i for i, r in zip(ids, records, strict=True) if r is None]
+    alive, dead = _alive(ids, client.mget([keys.worker(i) for i in ids]))
+    if dead:
+        client.zrem(keys.WORKERS_ZSET, *dead)
+    return alive
+
+
+def live_worker_ids(client: redis.Redis, model_id: str) -> list[str]:
+    return [w.id for w in live_worker_infos(client) if w.model == model_id]
+
+
+async def live_workers(client: aioredis.Redis) -> list[WorkerInfo]:
+    ids = _ids(await client.zrange(keys.WORKERS_ZSET, 0, -1))
+    if not ids:
+        return []
+    alive, dead = _alive(ids, await client.mget([keys.worker(i) for i in ids]))
     if dead:
         await client.zrem(keys.WORKERS_ZSET, *dead)
-    return [WorkerInfo.model_validate_json(r) for r in records if r is not None]
+    return alive

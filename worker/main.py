@@ -1,6 +1,10 @@
-"""Worker process start-up: model, adapter cache, batcher, heartbeat, then Celery.
+"""Worker process start-up and shutdown: model, adapter cache, batcher, leases, heartbeat, Celery.
 
 Everything heavy is built once here, before Celery starts consuming, and handed to the tasks.
+Scale-down (SIGTERM) runs: stop consuming (Celery), release shard leases so other workers take
+the shards over at once, finish the jobs in flight (Celery waits for them; their acks follow),
+then drain the batcher and leave the worker registry. Messages a worker held but had not started
+go back to their queues when its broker channel closes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from common import keys
 from common.jobs import JobStore
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
-from common.workers import remove_worker, write_heartbeat
+from common.workers import live_worker_ids, remove_worker, write_heartbeat
 from worker.adapter_cache import AdapterCache
 from worker.adapter_files import AdapterRules
 from worker.adapter_sources import sources_from_settings
 from worker.batcher import Batcher
 from worker.celery_app import make_worker_app
+from worker.leases import ShardLeases
+from worker.queue_control import QueueControl
 from worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -43,7 +49,7 @@ class WorkerProcess:
             torch.set_num_threads(ws.torch_threads)
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.queue = keys.model_queue(ws.model)
+        self.shared_queue = keys.model_queue(ws.model)
         self.started_at = time.time()
         self.engine = Engine(
             ws.model,
@@ -66,42 +72,65 @@ class WorkerProcess:
         )
         self.batcher = Batcher(self.engine.encode, self.engine.dims, settings.batch)
         store = JobStore(self.redis, settings.result_ttl_s)
-        self.runner = JobRunner(store, self.engine, self.cache, self.batcher.submit)
+        self.runner = JobRunner(
+            store,
+            self.engine,
+            self.cache,
+            self.batcher.submit,
+            settings.routing.max_deliveries,
+            worker_id=self.id,
+        )
+        self.queue_control = QueueControl()
+        rs = settings.routing
+        self.leases = ShardLeases(
+            self.redis, ws.model, self.id, rs.shards, rs.lease_ttl_s, self.queue_control.change
+        )
         self._stop = threading.Event()
+        self._leasing = threading.Event()
         self._heartbeat = threading.Thread(target=self._beat, name="loraq-heartbeat", daemon=True)
 
     def start(self) -> None:
         self.batcher.start()
         for lora_id in self.settings.adapters.pinned:
             self.cache.pin(lora_id)
-        self._write_heartbeat()
+        self._leasing.set()
+        self._tick()
         self._heartbeat.start()
 
+    def shutting_down(self) -> None:
+        """SIGTERM: hand the shards to the other workers now; in-flight jobs still finish."""
+        self._leasing.clear()
+        self.leases.release_all()
+        log.info("released shard leases; finishing jobs in flight")
+
     def stop(self) -> None:
-        """Called after Celery finished its in-flight tasks: drain, then leave the registry."""
+        """After Celery finished its in-flight tasks: drain, then leave the registry."""
         self._stop.set()
+        self._leasing.clear()
+        self._heartbeat.join(timeout=10)
+        self.leases.release_all()
         self.batcher.stop()
         st = self.batcher.stats
         log.info(
             "batches=%d rows=%d forward_s=%.2f real_tokens=%d padded_tokens=%d",
-            st.batches,
-            st.rows,
-            st.forward_seconds,
-            st.real_tokens,
-            st.padded_tokens,
-        )
-        self._heartbeat.join(timeout=5)
+            st.batches, st.rows, st.forward_seconds, st.real_tokens, st.padded_tokens,
+        )  # fmt: skip
         remove_worker(self.redis, self.id)
 
     def info(self) -> WorkerInfo:
         cache, batches = self.cache.stats, self.batcher.stats
+        shard_queues = self.leases.queues()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in shard_queues:
+                pipe.llen(keys.queue_list(queue))
+            queued = sum(pipe.execute())
         return WorkerInfo(
             id=self.id,
             model=self.settings.worker.model,
-            queues=[self.queue],
+            queues=[self.shared_queue, *shard_queues],
             warm_adapters=self.cache.warm(),
             free_slots=self.cache.free_slots(),
-            backlog=self.batcher.backlog(),
+            backlog=queued + self.runner.in_flight,
             started_at=self.started_at,
             seen_at=time.time(),
             adapter_loads=cache.loads,
@@ -112,26 +141,32 @@ class WorkerProcess:
             rows=batches.rows,
         )
 
-    def _write_heartbeat(self) -> None:
+    def _tick(self) -> None:
+        """Leases first (so the heartbeat shows the queues this worker really consumes)."""
+        if self._leasing.is_set():
+            live = live_worker_ids(self.redis, self.settings.worker.model)
+            self.leases.tick(sorted({*live, self.id}))
         write_heartbeat(self.redis, self.info(), self.settings.worker.heartbeat_s)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.worker.heartbeat_s):
             try:
-                self._write_heartbeat()
+                self._tick()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> None:
         app = make_worker_app(self.settings, self.runner)
-        self.start()
+        app.steps["consumer"].add(self.queue_control.bootstep())
+        signals.worker_shutting_down.connect(lambda **_: self.shutting_down(), weak=False)
         signals.worker_shutdown.connect(lambda **_: self.stop(), weak=False)
+        self.start()
         app.worker_main(
             [
                 "worker",
                 "--pool=threads",
                 f"--concurrency={self.settings.worker.concurrency}",
-                f"--queues={self.queue}",
+                f"--queues={self.shared_queue}",
                 f"--hostname=loraq-{self.id}@%h",
                 "--loglevel=INFO",
                 "--without-mingle",

@@ -1,28 +1,46 @@
 """What a worker does with one job: claim it, tokenize, lease its adapter, batch, store.
 
 Runs in a Celery task thread, one job per thread; the only shared, heavy things are the batcher's
-thread (which owns the forward pass) and the adapter cache. A job whose record is already terminal
-(a redelivery of finished work, a cancelled job) is skipped, and outcome writes are
-compare-and-set, so a redelivered message never changes a visible result.
+thread (which owns the forward pass) and the adapter cache. Reliability rules, each in one place:
+- A job whose record is already terminal (a redelivery of finished work, a cancelled job) is
+  skipped; outcome writes are compare-and-set, so a redelivered message never changes a visible
+  result.
+- A job delivered more than `max_deliveries` times (its workers kept dying on it) is failed with
+  `REDELIVERY_LIMIT` and its message copied to the dead-letter list, instead of killing workers
+  forever.
+- Redis errors while claiming or storing are retried briefly, then surface as `RetryLater`: the
+  message is not acked, so the broker delivers it again once Redis is back.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import redis
 
-from common.errors import LoraqError, ModelNotFound, WorkerError
-from common.jobs import JobStore
+from common import keys
+from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
+from common.jobs import JobStore, Transition
 from common.schemas import EncodeMessage
 from worker.adapter_cache import Lease
 from worker.batcher import JobOutput, Row
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: The dead-letter list keeps this many most recent entries.
+DEAD_LETTER_KEEP = 10_000
+
+
+class RetryLater(Exception):
+    """Leave the message unacked; the broker will deliver it again."""
 
 
 class Tokenizer(Protocol):
@@ -38,6 +56,20 @@ class Leases(Protocol):
     def release(self, lease: Lease) -> None: ...
 
 
+def with_redis_retries(fn: Callable[[], T], attempts: int = 5, first_delay: float = 0.2) -> T:
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            if attempt == attempts - 1:
+                raise RetryLater(f"redis unavailable: {exc}") from exc
+            log.warning("redis error (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
 class JobRunner:
     def __init__(
         self,
@@ -45,37 +77,84 @@ class JobRunner:
         engine: Tokenizer,
         adapters: Leases,
         submit: Callable[[Sequence[Row]], Future[JobOutput]],
+        max_deliveries: int = 3,
+        worker_id: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.worker_id = worker_id
         self._store = store
         self._engine = engine
         self._adapters = adapters
         self._submit = submit
+        self._max_deliveries = max_deliveries
         self._clock = clock
+        self._lock = threading.Lock()
+        self.in_flight = 0
 
     def handle(self, payload: dict[str, Any]) -> None:
         message = EncodeMessage.model_validate(payload)
-        claim = self._store.start(message.job_id, self._clock())
+        job_id = message.job_id
+        claim: Transition = with_redis_retries(
+            lambda: self._store.start(job_id, self._clock(), self.worker_id)
+        )
         if not claim.applied:
-            log.info("skipping job %s: it is %s", message.job_id, claim.previous or "gone")
+            log.info("skipping job %s: it is %s", job_id, claim.previous or "gone")
             return
+        if claim.attempts > self._max_deliveries:
+            self._dead_letter(payload, claim.attempts)
+            return
+        with self._lock:
+            self.in_flight += 1
+        try:
+            self._run(message)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _run(self, message: EncodeMessage) -> None:
+        job_id = message.job_id
         try:
             output, lease = self._compute(message)
         except LoraqError as exc:
-            self._store.fail(message.job_id, self._clock(), exc.code, exc.message)
+            self._fail(job_id, exc)
             return
         except Exception as exc:
-            log.exception("job %s failed", message.job_id)
-            err = WorkerError(f"worker error: {type(exc).__name__}: {exc}")
-            self._store.fail(message.job_id, self._clock(), err.code, err.message)
+            log.exception("job %s failed", job_id)
+            self._fail(job_id, WorkerError(f"worker error: {type(exc).__name__}: {exc}"))
             return
         fields = {
             "dims": output.vectors.shape[1],
             "inference_ms": round(output.inference_ms, 3),
             "adapter_hash": lease.content_hash if lease else None,
         }
-        vectors = np.ascontiguousarray(output.vectors, dtype="<f4")
-        self._store.succeed(message.job_id, self._clock(), vectors.tobytes(), fields)
+        data = np.ascontiguousarray(output.vectors, dtype="<f4").tobytes()
+        with_redis_retries(lambda: self._store.succeed(job_id, self._clock(), data, fields))
+
+    def _fail(self, job_id: str, error: LoraqError) -> None:
+        with_redis_retries(
+            lambda: self._store.fail(job_id, self._clock(), error.code, error.message)
+        )
+
+    def _dead_letter(self, payload: dict[str, Any], attempts: int) -> None:
+        job_id = payload["job_id"]
+        error = RedeliveryLimit(
+            f"job {job_id} was delivered {attempts} times (limit {self._max_deliveries}); "
+            "workers kept dying on it, so it was moved to the dead-letter list"
+        )
+        log.error("%s", error.message)
+        entry = json.dumps(
+            {"job_id": job_id, "attempts": attempts, "at": self._clock(), "message": payload}
+        )
+
+        def write() -> None:
+            client = self._store.client
+            with client.pipeline(transaction=True) as pipe:
+                pipe.lpush(keys.DEAD_LETTER, entry)
+                pipe.ltrim(keys.DEAD_LETTER, 0, DEAD_LETTER_KEEP - 1)
+                pipe.execute()
+
+        with_redis_retries(write)
+        self._fail(job_id, error)
 
     def _compute(self, message: EncodeMessage) -> tuple[JobOutput, Lease | None]:
         if message.model != self._engine.model_id:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from common import keys
+from worker.runner import RetryLater
 
 
 class Handler(Protocol):
@@ -16,4 +18,9 @@ class Handler(Protocol):
 def register_tasks(app: Celery, runner: Handler) -> None:
     @app.task(name=keys.TASK_ENCODE, acks_late=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def encode(payload: dict[str, Any]) -> None:
-        runner.handle(payload)
+        try:
+            runner.handle(payload)
+        except RetryLater as exc:
+            # Back to its queue (or, if the broker is down too, redelivered after the
+            # visibility timeout): the job's outcome could not be stored yet.
+            raise Reject(str(exc), requeue=True) from exc

@@ -1,0 +1,90 @@
+"""The gateway's view of the workers: live workers per model and queue depths, refreshed in the
+background from heartbeats, so routing and admission cost no Redis round trip per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from api.router import Route, Router, WorkerView
+from common import keys
+from common.errors import QueueFull
+from common.settings import Settings
+from common.workers import live_workers
+
+log = logging.getLogger(__name__)
+
+
+class RoutingTable:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._r = client
+        self._settings = settings
+        rs = settings.routing
+        self._routers = {m: Router(m, rs.epsilon) for m in settings.models}
+        self._queues = {
+            m: [keys.model_queue(m), *(keys.shard_queue(m, s) for s in range(rs.shards))]
+            for m in settings.models
+        }
+        self.depth = dict.fromkeys(settings.models, 0)
+        self._admitted = dict.fromkeys(settings.models, 0)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(RedisError):
+            await self.refresh()
+        self._task = asyncio.create_task(self._run(), name="loraq-routing-table")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        infos = await live_workers(self._r)
+        async with self._r.pipeline(transaction=False) as pipe:
+            for queues in self._queues.values():
+                for queue in queues:
+                    pipe.llen(keys.queue_list(queue))
+            lengths = iter(await pipe.execute())
+        for model, router in self._routers.items():
+            shared = keys.model_queue(model)
+            router.update(
+                [
+                    WorkerView(
+                        w.id,
+                        tuple(q for q in w.queues if q != shared),
+                        frozenset(w.warm_adapters),
+                        w.backlog,
+                    )
+                    for w in infos
+                    if w.model == model
+                ]
+            )
+            self.depth[model] = sum(next(lengths) for _ in self._queues[model])
+            self._admitted[model] = 0
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.routing.refresh_s)
+            try:
+                await self.refresh()
+            except RedisError as exc:
+                log.warning("routing refresh failed: %s", exc)
+
+    def admit(self, model: str) -> None:
+        """Backpressure: refuse new work while the model's queues are at their limit."""
+        limit = self._settings.limits.max_queued_jobs
+        if self.depth[model] + self._admitted[model] >= limit:
+            raise QueueFull(
+                f"{self.depth[model]} jobs are queued for {model!r} (limit {limit}); retry later",
+                retry_after=max(1, round(2 * self._settings.routing.refresh_s)),
+            )
+        self._admitted[model] += 1
+
+    def route(self, model: str, lora_id: str | None, job_id: str) -> Route:
+        return self._routers[model].route(lora_id, job_id)

@@ -1,0 +1,111 @@
+"""Shard leases: which worker consumes which of a model's shard queues.
+
+On every heartbeat a worker renews the leases it holds, takes free shards up to its share
+(`ceil(shards / live workers)`, preferring shards by rendezvous hash so assignments are stable),
+also takes any free shard that no other live worker needs, and gives back shards above its share
+when none is free (so a new worker gets some). A lease is a Redis key with a TTL: a dead worker's
+shards are free within one `lease_ttl_s`, and the next heartbeat of a live worker takes them, so
+every shard queue that holds jobs has a live consumer within one lease TTL plus one heartbeat. A
+graceful shutdown releases its leases at once.
+
+What changed goes to `on_change(added, removed)` (queue names), which points the Celery consumer
+at them. For a moment two workers may both consume a shard that changed hands; that is harmless,
+since the broker hands each message to one consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import redis
+
+from common import keys
+from common.hashing import stable_hash
+
+log = logging.getLogger(__name__)
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ShardLeases:
+    def __init__(
+        self,
+        client: redis.Redis,
+        model_id: str,
+        worker_id: str,
+        shards: int,
+        ttl_s: float,
+        on_change: Callable[[set[str], set[str]], None],
+    ) -> None:
+        self._r = client
+        self._model = model_id
+        self._me = worker_id
+        self._ttl_ms = int(ttl_s * 1000)
+        self._on_change = on_change
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._order = sorted(
+            range(shards), key=lambda s: stable_hash(str(s), worker_id), reverse=True
+        )
+        self.held: set[int] = set()
+
+    def queues(self) -> list[str]:
+        return [keys.shard_queue(self._model, s) for s in sorted(self.held)]
+
+    def tick(self, live: Sequence[str]) -> None:
+        """One round over the live workers of this model (ids, this one included)."""
+        before = set(self.held)
+        for shard in list(self.held):
+            renewed = self._renew(keys=[self._key(shard)], args=[self._me, self._ttl_ms])
+            if not renewed:
+                log.warning("lost the lease on shard %d of %s", shard, self._model)
+                self.held.discard(shard)
+        others = [w for w in live if w != self._me]
+        share = math.ceil(len(self._order) / (len(others) + 1))
+        holders = self._r.mget([self._key(s) for s in self._order])
+        counts = Counter(h.decode() if isinstance(h, bytes) else h for h in holders if h)
+        free = [s for s, holder in zip(self._order, holders, strict=True) if holder is None]
+        for shard in free:
+            nobody_needs_it = all(counts[w] >= share for w in others)
+            if (len(self.held) < share or nobody_needs_it) and self._acquire(shard):
+                counts[self._me] += 1
+        if not free and len(self.held) > share and others:
+            surplus = [s for s in reversed(self._order) if s in self.held][: len(self.held) - share]
+            self._give_back(surplus)
+        self._report(before)
+
+    def release_all(self) -> None:
+        """Graceful shutdown: free every shard for the other workers now, not at TTL expiry."""
+        before = set(self.held)
+        self._give_back(list(self.held))
+        self._report(before)
+
+    def _key(self, shard: int) -> str:
+        return keys.lease(self._model, shard)
+
+    def _acquire(self, shard: int) -> bool:
+        if self._r.set(self._key(shard), self._me, nx=True, px=self._ttl_ms):
+            self.held.add(shard)
+            return True
+        return False
+
+    def _give_back(self, shards: list[int]) -> None:
+        for shard in shards:
+            self.held.discard(shard)
+            self._release(keys=[self._key(shard)], args=[self._me])
+
+    def _report(self, before: set[int]) -> None:
+        added = {keys.shard_queue(self._model, s) for s in self.held - before}
+        removed = {keys.shard_queue(self._model, s) for s in before - self.held}
+        if added or removed:
+            self._on_change(added, removed)
