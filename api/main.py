@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import encode, health, jobs
+from api.routes import encode, health, jobs, workers
 from api.routing_table import RoutingTable
 from api.state import Gateway
 from api.waiter import CompletionWaiter
@@ -26,6 +26,7 @@ def create_app(settings: Settings) -> FastAPI:
         waiter = CompletionWaiter(client, store)
         await waiter.start()
         routing = RoutingTable(client, settings)
+        waiter.on_done.append(routing.completed)
         await routing.start()
         celery = make_celery(settings)
         app.state.gateway = Gateway(settings, client, store, celery, waiter, routing)
@@ -42,4 +43,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(encode.router)
     app.include_router(health.router)
+    app.include_router(workers.router)
     return app

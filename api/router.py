@@ -11,18 +11,25 @@ A worker is reached through the shard queues it leases, never a per-worker queue
 its shards (and the jobs in them) pass to other workers when its leases expire.
 
 The router is plain code over snapshots (`WorkerView`), so the gateway and the routing simulator
-(`bench/routing.py`) run exactly this. Between snapshots it counts what it placed itself, so a
-burst between two heartbeats does not all land on one worker.
+(`bench/routing.py`) run exactly this. Heartbeats are a little old, so the router corrects them
+with what it saw itself since: a job it placed after a worker's heartbeat adds to that worker's
+load until the job completes or a newer heartbeat counts it; a job it placed that completed after
+the heartbeat was taken comes off. A burst between two heartbeats then does not all land on one
+worker, and a worker that just finished is not mistaken for a busy one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common import keys
 from common.hashing import stable_hash
+
+#: Placements are remembered this long at most (a completion notice can be missed).
+PLACEMENT_MEMORY_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class WorkerView:
     queues: tuple[str, ...]  # the shard queues it consumes now
     warm: frozenset[str]  # adapters in its device slots
     backlog: int  # jobs queued for it or in flight on it
+    seen_at: float = math.inf  # when the backlog was read; inf: it counts every placement
 
 
 @dataclass(frozen=True)
@@ -41,39 +49,72 @@ class Route:
 
 
 class Router:
-    def __init__(self, model_id: str, epsilon: float = 0.25) -> None:
+    def __init__(
+        self, model_id: str, epsilon: float = 0.25, clock: Callable[[], float] = time.time
+    ) -> None:
         self.model_id = model_id
         self.epsilon = epsilon
+        self._clock = clock
         self._workers: list[WorkerView] = []
-        self._placed: dict[str, int] = {}
+        self._seen: dict[str, float] = {}
+        self._placed: dict[str, tuple[str, float]] = {}  # job id -> (worker id, when placed)
+        self._done: dict[str, list[float]] = {}  # per worker: completions its backlog still counts
 
     def update(self, workers: Sequence[WorkerView]) -> None:
-        """A fresh snapshot; its backlogs already count what was placed before it."""
+        """A fresh snapshot of the live workers."""
         self._workers = [w for w in workers if w.queues]
-        self._placed = {}
+        self._seen = {w.id: w.seen_at for w in self._workers}
+        horizon = self._clock() - PLACEMENT_MEMORY_S
+        self._placed = {
+            job: (wid, when)
+            for job, (wid, when) in self._placed.items()
+            if wid in self._seen and when > horizon
+        }
+        self._done = {
+            wid: [t for t in times if t > self._seen[wid]]
+            for wid, times in self._done.items()
+            if wid in self._seen
+        }
 
-    def load(self, worker_id: str) -> int:
-        view = next(w for w in self._workers if w.id == worker_id)
-        return view.backlog + self._placed.get(worker_id, 0)
+    def complete(self, job_id: str) -> None:
+        """A job this router placed has finished (the gateway hears every job's completion)."""
+        placed = self._placed.pop(job_id, None)
+        if placed is None:
+            return
+        worker_id, when = placed
+        now = self._clock()
+        if when <= self._seen.get(worker_id, math.inf) < now:
+            self._done.setdefault(worker_id, []).append(now)
+
+    def loads(self) -> dict[str, int]:
+        after_heartbeat = dict.fromkeys(self._seen, 0)
+        for worker_id, when in self._placed.values():
+            if when > self._seen[worker_id]:
+                after_heartbeat[worker_id] += 1
+        return {
+            w.id: max(0, w.backlog - len(self._done.get(w.id, ()))) + after_heartbeat[w.id]
+            for w in self._workers
+        }
 
     def route(self, lora_id: str | None, job_id: str) -> Route:
         if not self._workers:
             return Route(keys.model_queue(self.model_id), None, "no-worker")
-        loads = {w.id: w.backlog + self._placed.get(w.id, 0) for w in self._workers}
+        loads = self.loads()
         cap = math.ceil((1 + self.epsilon) * (sum(loads.values()) + 1) / len(loads))
         if lora_id is None:
             worker = min(self._workers, key=lambda w: (loads[w.id], stable_hash(job_id, w.id)))
-            return self._place(worker, job_id, "base")
+            return self._place(worker, job_id, job_id, "base")
         order = sorted(self._workers, key=lambda w: stable_hash(lora_id, w.id), reverse=True)
         for worker in order:
             if lora_id in worker.warm and loads[worker.id] + 1 <= cap:
-                return self._place(worker, lora_id, "warm")
+                return self._place(worker, job_id, lora_id, "warm")
         for rank, worker in enumerate(order):
             if loads[worker.id] + 1 <= cap:
-                return self._place(worker, lora_id, "affinity" if rank == 0 else "spill")
+                reason = "affinity" if rank == 0 else "spill"
+                return self._place(worker, job_id, lora_id, reason)
         raise AssertionError("bounded loads: the least loaded worker is always under the cap")
 
-    def _place(self, worker: WorkerView, key: str, reason: str) -> Route:
-        self._placed[worker.id] = self._placed.get(worker.id, 0) + 1
+    def _place(self, worker: WorkerView, job_id: str, key: str, reason: str) -> Route:
+        self._placed[job_id] = (worker.id, self._clock())
         queue = worker.queues[stable_hash(key) % len(worker.queues)]
         return Route(queue, worker.id, reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 from api.router import Route, Router, WorkerView
 from common import keys
 from common.errors import QueueFull
+from common.schemas import WorkerInfo
 from common.settings import Settings
 from common.workers import live_workers
 
@@ -30,6 +32,8 @@ class RoutingTable:
             for m in settings.models
         }
         self.depth = dict.fromkeys(settings.models, 0)
+        self.workers: dict[str, list[WorkerInfo]] = {m: [] for m in settings.models}
+        self.refreshed_at = 0.0
         self._admitted = dict.fromkeys(settings.models, 0)
         self._task: asyncio.Task[None] | None = None
 
@@ -51,8 +55,10 @@ class RoutingTable:
                 for queue in queues:
                     pipe.llen(keys.queue_list(queue))
             lengths = iter(await pipe.execute())
+        self.refreshed_at = time.time()
         for model, router in self._routers.items():
             shared = keys.model_queue(model)
+            self.workers[model] = [w for w in infos if w.model == model]
             router.update(
                 [
                     WorkerView(
@@ -60,9 +66,9 @@ class RoutingTable:
                         tuple(q for q in w.queues if q != shared),
                         frozenset(w.warm_adapters),
                         w.backlog,
+                        w.seen_at,
                     )
-                    for w in infos
-                    if w.model == model
+                    for w in self.workers[model]
                 ]
             )
             self.depth[model] = sum(next(lengths) for _ in self._queues[model])
@@ -88,3 +94,7 @@ class RoutingTable:
 
     def route(self, model: str, lora_id: str | None, job_id: str) -> Route:
         return self._routers[model].route(lora_id, job_id)
+
+    def completed(self, job_id: str) -> None:
+        for router in self._routers.values():
+            router.complete(job_id)

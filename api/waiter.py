@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -29,6 +30,8 @@ class CompletionWaiter:
         self._store = store
         self._recheck_s = recheck_s
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        #: Called with every finished job's id (the routing table corrects loads with it).
+        self.on_done: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -77,7 +80,10 @@ class CompletionWaiter:
                     backoff = 0.1
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            self._wake(message["data"].decode())
+                            job_id = message["data"].decode()
+                            self._wake(job_id)
+                            for callback in self.on_done:
+                                callback(job_id)
             except RedisError as exc:
                 log.warning("completion subscription lost (%s); retrying", exc)
                 for job_id in list(self._waiters):

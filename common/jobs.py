@@ -131,9 +131,7 @@ def succeed_op(
     )
 
 
-def fail_op(
-    job_id: str, ttl_s: int, now: float, code: str, message: str
-) -> Op:
+def fail_op(job_id: str, ttl_s: int, now: float, code: str, message: str) -> Op:
     fields = {"finished_at": now, "error_code": code, "error_message": message}
     return _transition(job_id, _FROM_NOT_TERMINAL, JobStatus.FAILED, ttl_s, fields)
 
@@ -142,8 +140,6 @@ def _transition_result(reply: list[Any]) -> Transition:
     applied, previous, attempts = reply
     prev = JobStatus(previous.decode()) if previous else None
     return Transition(applied=bool(applied), previous=prev, attempts=int(attempts))
-
-
 
 
 class JobStore:

