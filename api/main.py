@@ -22,7 +22,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = aioredis.Redis.from_url(settings.redis_url)
-        store = AsyncJobStore(client, settings.result_ttl_s)
+        store = AsyncJobStore(client, settings.result_ttl_s, settings.routing.redeliver_after_s)
         waiter = CompletionWaiter(client, store)
         await waiter.start()
         routing = RoutingTable(client, settings)

@@ -77,7 +77,6 @@ async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
         item_ids=ids if any(i is not None for i in ids) else None,
         created_at=now,
     )
-    await gw.store.create(job)
     message = EncodeMessage(
         job_id=job.id,
         model=model,
@@ -87,6 +86,7 @@ async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
         truncate=options.truncate,
         enqueued_at=now,
     )
+    await gw.store.create(job, message.model_dump_json().encode())
     route = gw.routing.route(model, options.lora_id, job.id)
     try:
         await to_thread.run_sync(publish, gw.celery, message, route.queue)

@@ -4,6 +4,9 @@
 |------------------------------------|---------|---------------------|-----------------------|
 | loraq:job:{<id>}                   | hash    | result_ttl_s        | common.jobs (CAS Lua) |
 | loraq:job:{<id>}:result            | string  | result_ttl_s        | common.jobs (CAS Lua) |
+| loraq:job:{<id>}:message           | string  | until terminal      | common.jobs           |
+| loraq:pending                      | zset    | members: until term.| common.jobs (Lua)     |
+| loraq:sweep-lock                   | string  | one sweep interval  | worker.sweeper        |
 | loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
 | loraq:workers                      | zset    | members pruned      | worker heartbeat      |
 | loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.leases (Lua)   |
@@ -27,6 +30,8 @@ KOMBU_PREFIX = PREFIX + "celery:"
 JOB_DONE_CHANNEL = PREFIX + "events:job-done"
 WORKERS_ZSET = PREFIX + "workers"
 DEAD_LETTER = PREFIX + "dead-letter"
+PENDING_ZSET = PREFIX + "pending"
+SWEEP_LOCK = PREFIX + "sweep-lock"
 TASK_ENCODE = "loraq.encode"
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -38,6 +43,11 @@ def job(job_id: str) -> str:
 
 def job_result(job_id: str) -> str:
     return f"{PREFIX}job:{{{job_id}}}:result"
+
+
+def job_message(job_id: str) -> str:
+    """A copy of the job's queue message, kept until the job is terminal, for redelivery."""
+    return f"{PREFIX}job:{{{job_id}}}:message"
 
 
 def worker(worker_id: str) -> str:

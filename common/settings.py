@@ -86,6 +86,12 @@ class RoutingSettings(_Section):
     refresh_s: float = Field(0.5, gt=0)
     #: A job delivered more often than this (its workers died on it) is dead-lettered.
     max_deliveries: int = Field(3, ge=1)
+    #: An unfinished job not started (or not finished) within this long gets its message
+    #: published again: covers messages the broker lost (a worker killed between popping a
+    #: message and recording it as unacked). Duplicates are harmless (compare-and-set).
+    redeliver_after_s: float = Field(300.0, gt=0)
+    #: How often a worker looks for such jobs (one worker at a time sweeps).
+    sweep_s: float = Field(5.0, gt=0)
 
 
 class WorkerSettings(_Section):

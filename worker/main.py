@@ -15,12 +15,14 @@ import secrets
 import socket
 import threading
 import time
+from functools import partial
 
 import redis
 from celery import signals
 
 from common import keys
 from common.jobs import JobStore
+from common.queueing import publish
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
 from common.workers import live_worker_ids, remove_worker, write_heartbeat
@@ -32,6 +34,7 @@ from worker.celery_app import make_worker_app
 from worker.leases import ShardLeases
 from worker.queue_control import QueueControl
 from worker.runner import JobRunner
+from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class WorkerProcess:
             pin_memory=self.engine.device.type == "cuda",
         )
         self.batcher = Batcher(self.engine.encode, self.engine.dims, settings.batch)
-        store = JobStore(self.redis, settings.result_ttl_s)
+        store = JobStore(self.redis, settings.result_ttl_s, settings.routing.redeliver_after_s)
         self.runner = JobRunner(
             store,
             self.engine,
@@ -80,8 +83,11 @@ class WorkerProcess:
             settings.routing.max_deliveries,
             worker_id=self.id,
         )
-        self.queue_control = QueueControl()
+        self.app = make_worker_app(settings, self.runner)
         rs = settings.routing
+        self.sweeper = Sweeper(store, partial(publish, self.app), rs.sweep_s, self.id)
+        self._swept_at = 0.0
+        self.queue_control = QueueControl()
         self.leases = ShardLeases(
             self.redis, ws.model, self.id, rs.shards, rs.lease_ttl_s, self.queue_control.change
         )
@@ -142,11 +148,16 @@ class WorkerProcess:
         )
 
     def _tick(self) -> None:
-        """Leases first (so the heartbeat shows the queues this worker really consumes)."""
+        """Leases first (so the heartbeat shows the queues this worker really consumes), then
+        the heartbeat, then, now and then, the sweep for lost messages."""
         if self._leasing.is_set():
             live = live_worker_ids(self.redis, self.settings.worker.model)
             self.leases.tick(sorted({*live, self.id}))
         write_heartbeat(self.redis, self.info(), self.settings.worker.heartbeat_s)
+        now = time.time()
+        if self._leasing.is_set() and now - self._swept_at >= self.settings.routing.sweep_s:
+            self._swept_at = now
+            self.sweeper.sweep(now)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.worker.heartbeat_s):
@@ -156,7 +167,7 @@ class WorkerProcess:
                 log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> None:
-        app = make_worker_app(self.settings, self.runner)
+        app = self.app
         app.steps["consumer"].add(self.queue_control.bootstep())
         signals.worker_shutting_down.connect(lambda **_: self.shutting_down(), weak=False)
         signals.worker_shutdown.connect(lambda **_: self.stop(), weak=False)

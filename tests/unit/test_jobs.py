@@ -217,7 +217,7 @@ def test_async_store_create_get_fail(server: fakeredis.FakeServer) -> None:
         aclient = fakeredis.FakeAsyncRedis(server=server)
         astore = AsyncJobStore(aclient, TTL)
         job = _job("job_async", lora_id="org/name", item_ids=["a", None, "c"], n_items=3)
-        await astore.create(job)
+        await astore.create(job, b"{}")
         assert await astore.get("job_async") == job
         assert 0 < await aclient.ttl(keys.job("job_async")) <= TTL
         assert await astore.get("nope") is None
@@ -246,7 +246,7 @@ def test_async_create_then_worker_succeeds(server: fakeredis.FakeServer, store: 
     async def create_and_read() -> tuple[StoredJob | None, bytes | None]:
         aclient = fakeredis.FakeAsyncRedis(server=server)
         astore = AsyncJobStore(aclient, TTL)
-        await astore.create(_job("job_x"))
+        await astore.create(_job("job_x"), b"{}")
         store.start("job_x", 1.0)
         store.succeed("job_x", 2.0, b"\x00vectors\xff", {"dims": 2})
         out = await astore.get("job_x"), await astore.get_result("job_x")
@@ -292,3 +292,28 @@ def test_round_trip_through_redis(store: JobStore, client: fakeredis.FakeRedis) 
     job = _job(item_ids=["x", None], lora_id="a/b")
     _create(client, job)
     assert store.get("job_1") == job
+
+
+def test_pending_deadlines_follow_the_job(server: fakeredis.FakeServer, store: JobStore) -> None:
+    """Submit puts the job and a copy of its message under a redelivery deadline; each start
+    moves the deadline; the terminal write removes both."""
+
+    async def create() -> None:
+        aclient = fakeredis.FakeAsyncRedis(server=server)
+        await AsyncJobStore(aclient, TTL, redeliver_after_s=30).create(_job("job_p"), b"msg")
+        await aclient.aclose()
+
+    asyncio.run(create())
+    client = store.client
+    created = _job("job_p").created_at
+    assert client.zscore(keys.PENDING_ZSET, "job_p") == created + 30
+    assert store.stored_message("job_p") == b"msg"
+    assert store.overdue(created + 29, 10) == []
+    assert store.overdue(created + 31, 10) == ["job_p"]
+    store.start("job_p", 100.0)
+    assert client.zscore(keys.PENDING_ZSET, "job_p") == 100.0 + store.redeliver_after_s
+    store.reschedule("job_p", 500.0)
+    assert store.overdue(499.0, 10) == []
+    store.succeed("job_p", 101.0, b"v", {})
+    assert client.zscore(keys.PENDING_ZSET, "job_p") is None
+    assert store.stored_message("job_p") is None
