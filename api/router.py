@@ -12,10 +12,12 @@ its shards (and the jobs in them) pass to other workers when its leases expire.
 
 The router is plain code over snapshots (`WorkerView`), so the gateway and the routing simulator
 (`bench/routing.py`) run exactly this. Heartbeats are a little old, so the router corrects them
-with what it saw itself since: a job it placed after a worker's heartbeat adds to that worker's
-load until the job completes or a newer heartbeat counts it; a job it placed that completed after
-the heartbeat was taken comes off. A burst between two heartbeats then does not all land on one
-worker, and a worker that just finished is not mistaken for a busy one.
+with what it saw itself: a job it placed after a worker's heartbeat adds to that worker's load
+until the job completes; a job it placed before the heartbeat that completed after it comes off.
+A burst between two heartbeats then does not all land on one worker, and a worker that just
+finished is not mistaken for a busy one. `seen_at` is on the router's own clock (the gateway
+derives it from when it first saw each heartbeat), so clock skew between hosts does not matter.
+Routing a job costs O(workers); a snapshot costs O(jobs in flight).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class WorkerView:
     queues: tuple[str, ...]  # the shard queues it consumes now
     warm: frozenset[str]  # adapters in its device slots
     backlog: int  # jobs queued for it or in flight on it
-    seen_at: float = math.inf  # when the backlog was read; inf: it counts every placement
+    seen_at: float  # on the router's clock: every job placed by then is in `backlog`
 
 
 @dataclass(frozen=True)
@@ -57,42 +59,53 @@ class Router:
         self._clock = clock
         self._workers: list[WorkerView] = []
         self._seen: dict[str, float] = {}
-        self._placed: dict[str, tuple[str, float]] = {}  # job id -> (worker id, when placed)
-        self._done: dict[str, list[float]] = {}  # per worker: completions its backlog still counts
+        self._outstanding: dict[str, tuple[str, float]] = {}  # job -> (worker, placed at)
+        self._after: dict[str, int] = {}  # outstanding jobs placed after the worker's heartbeat
+        self._finished: dict[str, list[tuple[float, float]]] = {}  # (placed, done) per worker
+        self._done_counted: dict[str, int] = {}  # finished jobs its heartbeat still counts
 
     def update(self, workers: Sequence[WorkerView]) -> None:
         """A fresh snapshot of the live workers."""
         self._workers = [w for w in workers if w.queues]
-        self._seen = {w.id: w.seen_at for w in self._workers}
+        seen = self._seen = {w.id: w.seen_at for w in self._workers}
         horizon = self._clock() - PLACEMENT_MEMORY_S
-        self._placed = {
-            job: (wid, when)
-            for job, (wid, when) in self._placed.items()
-            if wid in self._seen and when > horizon
+        self._outstanding = {
+            job: (wid, at)
+            for job, (wid, at) in self._outstanding.items()
+            if wid in seen and at > horizon
         }
-        self._done = {
-            wid: [t for t in times if t > self._seen[wid]]
-            for wid, times in self._done.items()
-            if wid in self._seen
+        self._after = dict.fromkeys(seen, 0)
+        for wid, at in self._outstanding.values():
+            if at > seen[wid]:
+                self._after[wid] += 1
+        self._finished = {
+            wid: [(p, d) for p, d in pairs if d > seen[wid]]
+            for wid, pairs in self._finished.items()
+            if wid in seen
+        }
+        self._done_counted = {
+            wid: sum(1 for p, _ in pairs if p <= seen[wid]) for wid, pairs in self._finished.items()
         }
 
     def complete(self, job_id: str) -> None:
         """A job this router placed has finished (the gateway hears every job's completion)."""
-        placed = self._placed.pop(job_id, None)
+        placed = self._outstanding.pop(job_id, None)
         if placed is None:
             return
-        worker_id, when = placed
+        wid, at = placed
+        if wid not in self._seen:
+            return
         now = self._clock()
-        if when <= self._seen.get(worker_id, math.inf) < now:
-            self._done.setdefault(worker_id, []).append(now)
+        if at > self._seen[wid]:
+            self._after[wid] -= 1
+        else:
+            self._done_counted[wid] = self._done_counted.get(wid, 0) + 1
+        # A later heartbeat taken before `now` still counts this job: remember when it ended.
+        self._finished.setdefault(wid, []).append((at, now))
 
     def loads(self) -> dict[str, int]:
-        after_heartbeat = dict.fromkeys(self._seen, 0)
-        for worker_id, when in self._placed.values():
-            if when > self._seen[worker_id]:
-                after_heartbeat[worker_id] += 1
         return {
-            w.id: max(0, w.backlog - len(self._done.get(w.id, ()))) + after_heartbeat[w.id]
+            w.id: max(0, w.backlog - self._done_counted.get(w.id, 0)) + self._after[w.id]
             for w in self._workers
         }
 
@@ -115,6 +128,7 @@ class Router:
         raise AssertionError("bounded loads: the least loaded worker is always under the cap")
 
     def _place(self, worker: WorkerView, job_id: str, key: str, reason: str) -> Route:
-        self._placed[job_id] = (worker.id, self._clock())
+        self._outstanding[job_id] = (worker.id, self._clock())
+        self._after[worker.id] += 1
         queue = worker.queues[stable_hash(key) % len(worker.queues)]
         return Route(queue, worker.id, reason)

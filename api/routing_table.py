@@ -34,6 +34,10 @@ class RoutingTable:
         self.depth = dict.fromkeys(settings.models, 0)
         self.workers: dict[str, list[WorkerInfo]] = {m: [] for m in settings.models}
         self.refreshed_at = 0.0
+        # Per worker: its last heartbeat's own timestamp, and since when (on our clock) it has
+        # been the one we hold. A heartbeat first seen now was written after our previous
+        # refresh, so it counts every job placed before that refresh.
+        self._heartbeats: dict[str, tuple[float, float]] = {}
         self._admitted = dict.fromkeys(settings.models, 0)
         self._task: asyncio.Task[None] | None = None
 
@@ -55,7 +59,12 @@ class RoutingTable:
                 for queue in queues:
                     pipe.llen(keys.queue_list(queue))
             lengths = iter(await pipe.execute())
-        self.refreshed_at = time.time()
+        previous, self.refreshed_at = self.refreshed_at, time.time()
+        self._heartbeats = {
+            w.id: old if (old := self._heartbeats.get(w.id)) and old[0] == w.seen_at
+            else (w.seen_at, previous)
+            for w in infos
+        }  # fmt: skip
         for model, router in self._routers.items():
             shared = keys.model_queue(model)
             self.workers[model] = [w for w in infos if w.model == model]
@@ -66,7 +75,7 @@ class RoutingTable:
                         tuple(q for q in w.queues if q != shared),
                         frozenset(w.warm_adapters),
                         w.backlog,
-                        w.seen_at,
+                        self._heartbeats[w.id][1],
                     )
                     for w in self.workers[model]
                 ]

@@ -203,11 +203,6 @@ def test_completions_correct_the_heartbeat() -> None:
     assert router.loads() == {"w0": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/router.py complete(): a completion heard before the router holds the heartbeat "
-    "that counts the job is dropped, so that heartbeat's backlog over-counts it",
-)
 def test_a_completion_heard_before_the_heartbeat_that_counts_the_job() -> None:
     clock = Clock()
     router = Router(MODEL, clock=clock)
