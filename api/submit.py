@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -17,10 +18,19 @@ from common.errors import (
     NoItems,
     QueueUnavailable,
     TooManyItems,
+    WebhooksDisabled,
 )
 from common.model_files import check_not_truncated
 from common.queueing import publish
-from common.schemas import EncodeMessage, EncodeRequest, JobStatus, StoredJob, validate_lora_id
+from common.schemas import (
+    EncodeMessage,
+    EncodeRequest,
+    JobStatus,
+    StoredJob,
+    WebhookSpec,
+    validate_lora_id,
+)
+from common.ssrf import Unresolvable, parse_networks, parse_url, resolve
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +69,26 @@ async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
         check_not_truncated(encodings, limit)
 
 
-async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
+async def check_webhook(gw: Gateway, webhook: WebhookSpec) -> None:
+    """Refuse at submit what can be known now; a host that does not resolve yet is left to the
+    delivery, which checks again (and fails the delivery with the same code)."""
+    if gw.settings.webhooks.secret is None:
+        raise WebhooksDisabled("webhooks are not enabled here (no signing secret configured)")
+    target = parse_url(webhook.url)
+    allowed = parse_networks(gw.settings.webhooks.allow_networks)
+    with contextlib.suppress(Unresolvable):
+        await to_thread.run_sync(resolve, target, allowed)
+
+
+async def submit(
+    gw: Gateway, model: str, request: EncodeRequest, webhook: WebhookSpec | None = None
+) -> StoredJob:
     """Validate, admit (backpressure), record the job, route it, publish it. If publishing fails
     the job is marked failed and the caller gets 503, so no job is left looking queued with no
     message behind it."""
     await validate(gw, model, request)
+    if webhook is not None:
+        await check_webhook(gw, webhook)
     gw.routing.admit(model)
     options = request.params.options
     now = time.time()
@@ -76,6 +101,8 @@ async def submit(gw: Gateway, model: str, request: EncodeRequest) -> StoredJob:
         n_items=len(request.items),
         item_ids=ids if any(i is not None for i in ids) else None,
         created_at=now,
+        webhook_url=webhook.url if webhook else None,
+        webhook_events=" ".join(webhook.events) if webhook else None,
     )
     message = EncodeMessage(
         job_id=job.id,

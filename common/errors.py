@@ -134,6 +134,18 @@ class QueueUnavailable(Retryable):
     http_status = 503
 
 
+class WebhookUrlForbidden(Permanent):
+    """The webhook URL is not http(s) or points at a non-public address (SSRF protection)."""
+
+    code = "WEBHOOK_URL_FORBIDDEN"
+    http_status = 422
+
+
+class WebhooksDisabled(Permanent):
+    code = "WEBHOOKS_DISABLED"
+    http_status = 422
+
+
 class EncodeFailed(Permanent):
     """The forward pass failed on this job's own items (the rest of its batch went on)."""
 

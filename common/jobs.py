@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -25,35 +25,59 @@ import redis.asyncio as aioredis
 from common import keys
 from common.schemas import JobStatus, StoredJob
 
-# KEYS: job hash, result, stored message, pending zset.
-# ARGV: allowed statuses, new status, ttl, channel ('' unless terminal), has result, result,
-#       count an attempt, job id, redelivery deadline ('' unless not terminal), field/value pairs.
+# KEYS: job hash, result, stored message, pending zset, webhook outbox zset.
+# ARGV: the transition as JSON (see `_transition`), the result bytes.
 _TRANSITION_LUA = """
+local spec = cjson.decode(ARGV[1])
 local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0, false, 0} end
-if not string.find(ARGV[1], ' ' .. cur .. ' ', 1, true) then
-  return {0, cur, tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')}
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[2])
+if not cur then return {0, false, 0, 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
-if ARGV[7] == '1' then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-for i = 10, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[5] == '1' then redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[3]) end
-if ARGV[9] ~= '' then redis.call('ZADD', KEYS[4], ARGV[9], ARGV[8]) end
-if ARGV[4] ~= '' then
+if not spec.allowed[cur] then return {0, cur, attempts, 0} end
+redis.call('HSET', KEYS[1], 'status', spec.to)
+if spec.count_attempt then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+for name, value in pairs(spec.fields) do redis.call('HSET', KEYS[1], name, value) end
+redis.call('EXPIRE', KEYS[1], spec.ttl)
+if spec.has_result then redis.call('SET', KEYS[2], ARGV[2], 'EX', spec.ttl) end
+local webhook = 0
+if spec.terminal then
   redis.call('DEL', KEYS[3])
-  redis.call('ZREM', KEYS[4], ARGV[8])
-  redis.call('PUBLISH', ARGV[4], ARGV[8])
+  redis.call('ZREM', KEYS[4], spec.job)
+  local events = redis.call('HGET', KEYS[1], 'webhook_events')
+  if events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true) then
+    redis.call('HSET', KEYS[1], 'webhook_status', 'pending', 'webhook_attempts', 0)
+    redis.call('ZADD', KEYS[5], spec.now, spec.job)
+    webhook = 1
+  end
+  redis.call('PUBLISH', spec.channel, spec.job)
+elseif spec.redeliver_at then
+  redis.call('ZADD', KEYS[4], spec.redeliver_at, spec.job)
 end
-return {1, cur, attempts}
+return {1, cur, attempts, webhook}
+"""
+
+# KEYS: job hash, webhook outbox.
+# ARGV: job id, next attempt ('' = none: remove), field/value pairs ('' value: delete the field).
+_WEBHOOK_RECORD_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
+else redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+return 1
 """
 
 #: KEYS and ARGV of one transition script call.
 Op = tuple[list[str], list[str | bytes]]
 
-_NUMERIC_FIELDS = {"n_items", "dims", "attempts"}
-_FLOAT_FIELDS = {"created_at", "started_at", "finished_at", "inference_ms"}
+_NUMERIC_FIELDS = {"n_items", "dims", "attempts", "webhook_attempts", "webhook_last_status_code"}
+_FLOAT_FIELDS = {
+    "created_at", "started_at", "finished_at", "inference_ms", "webhook_next_attempt_at",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,6 +88,8 @@ class Transition:
     applied: bool
     previous: JobStatus | None
     attempts: int
+    webhook_due: bool = False  # the transition queued a webhook delivery: send it now
+    job_id: str = field(default="", compare=False)
 
 
 def encode_job(job: StoredJob) -> dict[str, str]:
@@ -99,28 +125,29 @@ def _transition(
     allowed: tuple[JobStatus, ...],
     to: JobStatus,
     ttl_s: int,
+    now: float,
     fields: Mapping[str, object],
     result: bytes | None = None,
     count_attempt: bool = False,
     redeliver_at: float | None = None,
 ) -> Op:
     """KEYS and ARGV of one `_TRANSITION_LUA` call."""
-    args: list[str | bytes] = [
-        " " + " ".join(allowed) + " ",
-        to.value,
-        str(ttl_s),
-        keys.JOB_DONE_CHANNEL if to.terminal else "",
-        "0" if result is None else "1",
-        result or b"",
-        "1" if count_attempt else "0",
-        job_id,
-        "" if redeliver_at is None else repr(redeliver_at),
-    ]
-    for name, value in fields.items():
-        if value is not None:
-            args += [name, str(value)]
+    spec: dict[str, Any] = {
+        "allowed": {status.value: True for status in allowed},
+        "to": to.value,
+        "ttl": ttl_s,
+        "now": now,
+        "job": job_id,
+        "terminal": to.terminal,
+        "channel": keys.JOB_DONE_CHANNEL,
+        "has_result": result is not None,
+        "count_attempt": count_attempt,
+        "fields": {name: str(value) for name, value in fields.items() if value is not None},
+    }
+    if redeliver_at is not None:
+        spec["redeliver_at"] = redeliver_at
     job_keys = [keys.job(job_id), keys.job_result(job_id), keys.job_message(job_id)]
-    return [*job_keys, keys.PENDING_ZSET], args
+    return [*job_keys, keys.PENDING_ZSET, keys.WEBHOOK_OUTBOX], [json.dumps(spec), result or b""]
 
 
 _FROM_NOT_TERMINAL = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -129,7 +156,7 @@ _FROM_NOT_TERMINAL = (JobStatus.QUEUED, JobStatus.RUNNING)
 def start_op(job_id: str, ttl_s: int, now: float, worker: str, redeliver_after: float) -> Op:
     fields = {"started_at": now, "worker": worker}
     return _transition(
-        job_id, _FROM_NOT_TERMINAL, JobStatus.RUNNING, ttl_s, fields,
+        job_id, _FROM_NOT_TERMINAL, JobStatus.RUNNING, ttl_s, now, fields,
         count_attempt=True, redeliver_at=now + redeliver_after,
     )  # fmt: skip
 
@@ -139,19 +166,20 @@ def succeed_op(
 ) -> Op:
     fields = {"finished_at": now, **fields}
     return _transition(
-        job_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, ttl_s, fields, result=result
+        job_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, ttl_s, now, fields, result=result
     )
 
 
 def fail_op(job_id: str, ttl_s: int, now: float, code: str, message: str) -> Op:
     fields = {"finished_at": now, "error_code": code, "error_message": message}
-    return _transition(job_id, _FROM_NOT_TERMINAL, JobStatus.FAILED, ttl_s, fields)
+    return _transition(job_id, _FROM_NOT_TERMINAL, JobStatus.FAILED, ttl_s, now, fields)
 
 
-def _transition_result(reply: list[Any]) -> Transition:
-    applied, previous, attempts = reply
+def _transition_result(op: Op, reply: list[Any]) -> Transition:
+    applied, previous, attempts, webhook = reply
     prev = JobStatus(previous.decode()) if previous else None
-    return Transition(applied=bool(applied), previous=prev, attempts=int(attempts))
+    job_id = json.loads(op[1][0])["job"]
+    return Transition(bool(applied), prev, int(attempts), bool(webhook), job_id)
 
 
 class JobStore:
@@ -162,9 +190,10 @@ class JobStore:
         self.ttl_s = ttl_s
         self.redeliver_after_s = redeliver_after_s
         self._script = client.register_script(_TRANSITION_LUA)
+        self._webhook_record = client.register_script(_WEBHOOK_RECORD_LUA)
 
     def _apply(self, op: Op) -> Transition:
-        return _transition_result(self._script(keys=op[0], args=op[1]))
+        return _transition_result(op, self._script(keys=op[0], args=op[1]))
 
     def get(self, job_id: str) -> StoredJob | None:
         raw = self.client.hgetall(keys.job(job_id))
@@ -189,6 +218,29 @@ class JobStore:
     def forget(self, job_id: str) -> None:
         self.client.zrem(keys.PENDING_ZSET, job_id)
 
+    def due_webhooks(self, now: float, limit: int) -> list[str]:
+        ids = self.client.zrangebyscore(keys.WEBHOOK_OUTBOX, "-inf", now, start=0, num=limit)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def webhook_due_at(self, job_id: str) -> float | None:
+        score = self.client.zscore(keys.WEBHOOK_OUTBOX, job_id)
+        return None if score is None else float(score)
+
+    def lease_webhook(self, job_id: str, until: float) -> None:
+        """Push a due delivery back while its attempt is in flight (the attempt sets the real
+        next time; if the attempt is lost, the delivery comes due again)."""
+        self.client.zadd(keys.WEBHOOK_OUTBOX, {job_id: until}, xx=True)
+
+    def record_webhook(
+        self, job_id: str, fields: Mapping[str, object], next_attempt_at: float | None
+    ) -> bool:
+        """The outcome of one delivery attempt; `next_attempt_at` None ends the delivery."""
+        args: list[str] = [job_id, "" if next_attempt_at is None else repr(next_attempt_at)]
+        for name, value in fields.items():
+            args += [name, "" if value is None else str(value)]
+        done = self._webhook_record(keys=[keys.job(job_id), keys.WEBHOOK_OUTBOX], args=args)
+        return bool(done)
+
     def succeed(
         self, job_id: str, now: float, result: bytes, fields: Mapping[str, object]
     ) -> Transition:
@@ -208,7 +260,7 @@ class AsyncJobStore:
         self._script = client.register_script(_TRANSITION_LUA)
 
     async def _apply(self, op: Op) -> Transition:
-        return _transition_result(await self._script(keys=op[0], args=op[1]))
+        return _transition_result(op, await self._script(keys=op[0], args=op[1]))
 
     async def create(self, job: StoredJob, message: bytes) -> None:
         """The record, a copy of its queue message, and its redelivery deadline, in one step:

@@ -7,6 +7,8 @@
 | loraq:job:{<id>}:message           | string  | until terminal      | common.jobs           |
 | loraq:pending                      | zset    | members: until term.| common.jobs (Lua)     |
 | loraq:sweep-lock                   | string  | one sweep interval  | worker.sweeper        |
+| loraq:webhooks:outbox              | zset    | until delivered     | common.jobs (Lua)     |
+| loraq:webhook-lock:{<id>}          | string  | one attempt         | worker.webhooks       |
 | loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
 | loraq:workers                      | zset    | members pruned      | worker heartbeat      |
 | loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.leases (Lua)   |
@@ -31,6 +33,9 @@ JOB_DONE_CHANNEL = PREFIX + "events:job-done"
 WORKERS_ZSET = PREFIX + "workers"
 DEAD_LETTER = PREFIX + "dead-letter"
 PENDING_ZSET = PREFIX + "pending"
+WEBHOOK_OUTBOX = PREFIX + "webhooks:outbox"
+WEBHOOK_QUEUE = "webhooks"
+TASK_WEBHOOK = "loraq.webhook"
 SWEEP_LOCK = PREFIX + "sweep-lock"
 TASK_ENCODE = "loraq.encode"
 
@@ -48,6 +53,11 @@ def job_result(job_id: str) -> str:
 def job_message(job_id: str) -> str:
     """A copy of the job's queue message, kept until the job is terminal, for redelivery."""
     return f"{PREFIX}job:{{{job_id}}}:message"
+
+
+def webhook_lock(job_id: str) -> str:
+    """Held while one delivery attempt for the job is in flight."""
+    return f"{PREFIX}webhook-lock:{{{job_id}}}"
 
 
 def worker(worker_id: str) -> str:

@@ -43,6 +43,14 @@ def make_celery(settings: Settings) -> Celery:
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
+def publish_webhook(app: Celery, job_id: str) -> None:
+    """Ask the webhook worker for a delivery attempt now (it checks that one is due)."""
+    app.send_task(
+        keys.TASK_WEBHOOK, args=[job_id], queue=keys.WEBHOOK_QUEUE, retry=True,
+        retry_policy=PUBLISH_RETRY,
+    )  # fmt: skip
+
+
 def publish(app: Celery, message: EncodeMessage, queue: str) -> None:
     """Blocking; call from a thread in async code."""
     options: dict[str, Any] = {

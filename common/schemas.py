@@ -79,8 +79,20 @@ class EncodeRequest(BaseModel):
     params: EncodeParams = EncodeParams()
 
 
+WebhookEvent = Literal["succeeded", "failed", "cancelled"]
+ALL_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "cancelled")
+
+
+class WebhookSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048)
+    events: list[WebhookEvent] = Field(default_factory=lambda: list(ALL_EVENTS), min_length=1)
+
+
 class JobRequest(EncodeRequest):
     model: str
+    webhook: WebhookSpec | None = None
 
 
 class JobLinks(BaseModel):
@@ -140,6 +152,13 @@ class StoredJob(BaseModel):
     dims: int | None = None
     attempts: int = 0
     worker: str | None = None  # the worker that last started it
+    webhook_url: str | None = None
+    webhook_events: str | None = None  # space-separated statuses
+    webhook_status: str | None = None  # pending | delivered | failed
+    webhook_attempts: int | None = None
+    webhook_last_status_code: int | None = None
+    webhook_last_error: str | None = None
+    webhook_next_attempt_at: float | None = None
 
 
 def iso(ts: float | None) -> str | None:

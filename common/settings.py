@@ -94,6 +94,39 @@ class RoutingSettings(_Section):
     sweep_s: float = Field(5.0, gt=0)
 
 
+class WebhookSettings(_Section):
+    """Signed job-completion callbacks (Standard Webhooks)."""
+
+    #: The `whsec_...` signing secret; without one, jobs with a webhook are refused.
+    secret: SecretStr | None = None
+    timeout_s: float = Field(15.0, gt=0)
+    #: Delay before each retry; a delivery fails for good after the last one.
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [
+            5.0,
+            300.0,
+            1800.0,
+            7200.0,
+            18000.0,
+            36000.0,
+            50400.0,
+            72000.0,
+            86400.0,
+        ]
+    )
+    #: Each delay is stretched or shrunk by up to this fraction, so retries do not stampede.
+    jitter: float = Field(0.1, ge=0, lt=1)
+    #: Results larger than this are linked from the payload instead of inlined.
+    inline_result_max_bytes: int = Field(256 * 1024, ge=0)
+    #: Non-public networks webhooks may reach anyway (CIDRs), e.g. an internal receiver.
+    allow_networks: list[str] = Field(default_factory=list)
+    #: Base URL of the gateway as receivers reach it, for result links; else relative links.
+    public_base_url: str | None = None
+    #: Deliveries in flight at once in a webhook worker, and how often it looks for due ones.
+    concurrency: int = Field(16, ge=1)
+    sweep_s: float = Field(1.0, gt=0)
+
+
 class WorkerSettings(_Section):
     """One worker process serves one model; its task threads feed one batcher."""
 
@@ -125,6 +158,7 @@ class Settings(BaseSettings):
     adapters: AdapterSettings = AdapterSettings()
     worker: WorkerSettings = WorkerSettings()
     routing: RoutingSettings = RoutingSettings()
+    webhooks: WebhookSettings = WebhookSettings()
 
     @field_validator("models")
     @classmethod

@@ -29,6 +29,13 @@ def _worker(_: argparse.Namespace) -> int:
     return 0
 
 
+def _webhooks(_: argparse.Namespace) -> int:
+    from worker.webhook_worker import WebhookWorker
+
+    WebhookWorker(Settings()).run()
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from loraq.stack import Stack, redis_reachable, start_redis
 
@@ -47,6 +54,8 @@ def _up(args: argparse.Namespace) -> int:
         stack.start_gateway()
         for _ in range(args.workers):
             stack.start_worker()
+        if settings.webhooks.secret is not None:
+            stack.start_webhooks()
         stack.wait_ready()
         print(f"loraq is up at {stack.url} (logs in {stack.log_dir}); Ctrl-C stops it")
         stop.wait()
@@ -84,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run one encode worker (model from LORAQ_WORKER__MODEL)")
     p.set_defaults(func=_worker)
+
+    p = sub.add_parser("webhooks", help="run the webhook delivery worker (no model, no GPU)")
+    p.set_defaults(func=_webhooks)
 
     p = sub.add_parser("up", help="run Redis (if none is reachable), the gateway and workers")
     p.add_argument("--port", type=int, default=8080)

@@ -134,6 +134,7 @@ class Stack:
     port: int = field(default_factory=free_port)
     gateway: Process | None = None
     workers: list[Process] = field(default_factory=list)
+    webhooks: Process | None = None
 
     @property
     def url(self) -> str:
@@ -154,6 +155,11 @@ class Stack:
         self.workers.append(proc)
         return proc
 
+    def start_webhooks(self) -> Process:
+        proc = spawn("webhooks", python_cli("webhooks"), self.env, self.log_dir)
+        self.webhooks = proc
+        return proc
+
     def wait_ready(self, timeout: float = 120) -> None:
         def ready() -> bool:
             dead = [w for w in self.workers if not w.alive]
@@ -164,6 +170,6 @@ class Stack:
         wait_until(ready, timeout, "a live worker (/readyz)", interval=0.2)
 
     def stop(self) -> None:
-        for proc in [*self.workers, *([self.gateway] if self.gateway else [])]:
+        for proc in [*self.workers, *(p for p in (self.webhooks, self.gateway) if p)]:
             with contextlib.suppress(Exception):
                 proc.stop()

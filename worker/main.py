@@ -22,7 +22,7 @@ from celery import signals
 
 from common import keys
 from common.jobs import JobStore
-from common.queueing import publish
+from common.queueing import publish, publish_webhook
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
 from common.workers import live_worker_ids, remove_worker, write_heartbeat
@@ -82,6 +82,7 @@ class WorkerProcess:
             self.batcher.submit,
             settings.routing.max_deliveries,
             worker_id=self.id,
+            on_webhook_due=lambda job_id: publish_webhook(self.app, job_id),
         )
         self.app = make_worker_app(settings, self.runner)
         rs = settings.routing

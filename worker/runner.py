@@ -79,9 +79,11 @@ class JobRunner:
         submit: Callable[[Sequence[Row]], Future[JobOutput]],
         max_deliveries: int = 3,
         worker_id: str = "",
+        on_webhook_due: Callable[[str], None] = lambda job_id: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.worker_id = worker_id
+        self._on_webhook_due = on_webhook_due
         self._store = store
         self._engine = engine
         self._adapters = adapters
@@ -128,12 +130,26 @@ class JobRunner:
             "adapter_hash": lease.content_hash if lease else None,
         }
         data = np.ascontiguousarray(output.vectors, dtype="<f4").tobytes()
-        with_redis_retries(lambda: self._store.succeed(job_id, self._clock(), data, fields))
+        self._finished(
+            with_redis_retries(lambda: self._store.succeed(job_id, self._clock(), data, fields))
+        )
 
     def _fail(self, job_id: str, error: LoraqError) -> None:
-        with_redis_retries(
-            lambda: self._store.fail(job_id, self._clock(), error.code, error.message)
+        self._finished(
+            with_redis_retries(
+                lambda: self._store.fail(job_id, self._clock(), error.code, error.message)
+            )
         )
+
+    def _finished(self, outcome: Transition) -> None:
+        """Kick the webhook delivery now; if this publish is lost, the outbox sweep sends it."""
+        if outcome.webhook_due:
+            try:
+                self._on_webhook_due(outcome.job_id)
+            except Exception:
+                log.exception(
+                    "could not queue the webhook of %s; the outbox sweep will", outcome.job_id
+                )
 
     def _dead_letter(self, payload: dict[str, Any], attempts: int) -> None:
         job_id = payload["job_id"]

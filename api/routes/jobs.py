@@ -10,9 +10,9 @@ from fastapi.responses import Response
 
 from api.body import parse_body
 from api.deps import GatewayDep
-from api.render import job_json
 from api.submit import submit
 from common.errors import JobNotFound
+from common.job_view import job_json, job_view
 from common.schemas import ErrorBody, JobCreated, JobRequest, iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -43,7 +43,7 @@ def job_url(job_id: str) -> str:
 )
 async def create_job(request: Request, gw: GatewayDep) -> Response:
     body = await parse_body(request, JobRequest, gw.settings.limits.max_body_bytes)
-    job = await submit(gw, body.model, body)
+    job = await submit(gw, body.model, body, body.webhook)
     created = {
         "id": job.id,
         "status": job.status.value,
@@ -70,4 +70,4 @@ async def get_job(
     if wait and not job.status.terminal:
         job = await gw.waiter.wait(job_id, wait) or await gw.store.get(job_id) or job
     result = await gw.store.get_result(job_id) if job.status == "succeeded" else None
-    return Response(job_json(job, result, job_url(job.id)), media_type="application/json")
+    return Response(job_json(job_view(job, result, job_url(job.id))), media_type="application/json")

@@ -1,0 +1,247 @@
+"""Signed webhooks through the real stack: a real receiver on loopback, a real encode worker and
+the webhook worker process, with a retry schedule of half-seconds."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from common import keys
+from common.queueing import make_celery, publish
+from common.schemas import EncodeMessage
+from common.settings import DEFAULT_MODEL_ID, Settings
+from loraq.stack import Stack, start_redis, wait_until
+from tests.receiver import Answer, Receiver
+from tests.reference import save_tiny_model
+
+MODEL = DEFAULT_MODEL_ID
+SECRET = "whsec_" + base64.b64encode(b"loraq-test-signing-secret-32byte").decode()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def hooks_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("webhooks")
+    model_dir = save_tiny_model(root / "model")
+    redis_proc, url = start_redis(root / "redis")
+    env = {
+        "LORAQ_REDIS_URL": url,
+        "LORAQ_MODELS": json.dumps({MODEL: str(model_dir)}),
+        "LORAQ_ADAPTERS__DIR": str(root / "adapters"),
+        "LORAQ_WORKER__TORCH_THREADS": "1",
+        "LORAQ_WORKER__HEARTBEAT_S": "0.5",
+        "LORAQ_WEBHOOKS__SECRET": SECRET,
+        "LORAQ_WEBHOOKS__ALLOW_NETWORKS": '["127.0.0.0/8"]',
+        "LORAQ_WEBHOOKS__RETRY_SCHEDULE_S": "[0.5, 0.5, 0.5]",
+        "LORAQ_WEBHOOKS__JITTER": "0",
+        "LORAQ_WEBHOOKS__TIMEOUT_S": "1",
+        "LORAQ_WEBHOOKS__SWEEP_S": "0.2",
+        "LORAQ_WEBHOOKS__INLINE_RESULT_MAX_BYTES": "4096",
+        "LORAQ_ROUTING__REFRESH_S": "0.2",
+    }
+    stack = Stack(env=env, log_dir=root / "logs")
+    try:
+        stack.start_gateway()
+        stack.start_worker()
+        stack.start_webhooks()
+        stack.wait_ready()
+        yield stack
+    finally:
+        stack.stop()
+        redis_proc.stop()
+
+
+@pytest.fixture
+def client(hooks_stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=hooks_stack.url, timeout=30) as c:
+        yield c
+
+
+def submit(client: httpx.Client, url: str, texts: int = 1, **webhook: Any) -> str:
+    body = {
+        "model": MODEL,
+        "items": [{"id": f"i{k}", "text": f"hello {k}"} for k in range(texts)],
+        "webhook": {"url": url, **webhook},
+    }
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def webhook_state(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    state: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()["webhook"]
+    return state
+
+
+def settled(client: httpx.Client, job_id: str) -> bool:
+    return webhook_state(client, job_id)["status"] in ("delivered", "failed")
+
+
+def test_retries_until_delivered_with_a_stable_signed_id(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    receiver.script["/flaky"] = [Answer(500), Answer(500), Answer(200)]
+    job_id = submit(client, receiver.url("/flaky"), texts=2)
+    wait_until(lambda: settled(client, job_id), 30, "the delivery to settle")
+    state = webhook_state(client, job_id)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("delivered", 3, 200)
+    calls = receiver.requests_to("/flaky")
+    assert len(calls) == 3
+    assert len({c.headers["webhook-id"] for c in calls}) == 1, "webhook-id is stable across retries"
+    verified = Webhook(SECRET).verify(calls[-1].body, calls[-1].headers)
+    assert verified["type"] == "job.succeeded"
+    data = verified["data"]
+    assert data["id"] == job_id and data["status"] == "succeeded"
+    assert [item["id"] for item in data["result"]["items"]] == ["i0", "i1"]
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + base64.b64encode(b"another-secret-entirely-32-bytes").decode()).verify(
+            calls[-1].body, calls[-1].headers
+        )
+
+
+def test_large_results_are_linked_not_inlined(client: httpx.Client, receiver: Receiver) -> None:
+    job_id = submit(client, receiver.url("/large"), texts=40)  # 40 x 32 floats > 4096 bytes
+    wait_until(lambda: settled(client, job_id), 30, "delivery")
+    data = json.loads(receiver.requests_to("/large")[-1].body)["data"]
+    assert data["result"] is None
+    assert data["links"]["result"] == f"/v1/jobs/{job_id}"
+
+
+def test_gone_stops_retrying(client: httpx.Client, receiver: Receiver) -> None:
+    receiver.script["/gone"] = [Answer(410)]
+    job_id = submit(client, receiver.url("/gone"))
+    wait_until(lambda: settled(client, job_id), 30, "the delivery to settle")
+    state = webhook_state(client, job_id)
+    assert (state["status"], state["attempts"], state["last_status_code"]) == ("failed", 1, 410)
+    assert state["next_attempt_at"] is None
+    assert len(receiver.requests_to("/gone")) == 1
+
+
+def test_silent_receiver_times_out_and_is_retried(client: httpx.Client, receiver: Receiver) -> None:
+    never = threading.Event()
+    receiver.script["/silent"] = [Answer(200, hold=never)]
+    job_id = submit(client, receiver.url("/silent"))
+    wait_until(lambda: settled(client, job_id), 60, "the schedule to run out")
+    never.set()
+    state = webhook_state(client, job_id)
+    assert (state["status"], state["attempts"]) == ("failed", 4)  # first try + 3 retries
+    assert "Timeout" in state["last_error"]
+    assert len(receiver.requests_to("/silent")) == 4
+
+
+def test_slow_receiver_does_not_delay_encoding(client: httpx.Client, receiver: Receiver) -> None:
+    release = threading.Event()
+    receiver.script["/slow"] = [Answer(200, hold=release)]
+    hooked = submit(client, receiver.url("/slow"))
+    wait_until(lambda: len(receiver.requests_to("/slow")) == 1, 30, "the delivery to start")
+    others = [
+        client.post("/v1/jobs", json={"model": MODEL, "items": [{"text": f"t{i}"}]}).json()["id"]
+        for i in range(10)
+    ]
+    done = [client.get(f"/v1/jobs/{j}", params={"wait": 30}).json()["status"] for j in others]
+    assert done == ["succeeded"] * 10
+    assert webhook_state(client, hooked)["status"] == "pending", "the slow delivery is still open"
+    release.set()
+
+
+def test_events_filter(client: httpx.Client, receiver: Receiver) -> None:
+    job_id = submit(client, receiver.url("/only-failures"), events=["failed"])
+    assert client.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
+    assert webhook_state(client, job_id)["status"] == "waiting"
+    assert receiver.requests_to("/only-failures") == []
+
+
+def test_recomputed_job_sends_one_delivery(
+    hooks_stack: Stack, client: httpx.Client, receiver: Receiver
+) -> None:
+    """The job's message is published a second time (as a redelivery would): two computes, one
+    terminal transition, one delivery."""
+    job_id = submit(client, receiver.url("/once"))
+    r = redis.Redis.from_url(hooks_stack.env["LORAQ_REDIS_URL"])
+    raw = r.get(keys.job_message(job_id))
+    if raw is not None:  # not finished yet: publish the copy again
+        app = make_celery(Settings(redis_url=hooks_stack.env["LORAQ_REDIS_URL"]))
+        publish(app, EncodeMessage.model_validate_json(raw), keys.model_queue(MODEL))
+    wait_until(lambda: settled(client, job_id), 30, "delivery")
+    queue = keys.queue_list(keys.model_queue(MODEL))
+    wait_until(
+        lambda: r.llen(queue) == 0 and r.hlen(keys.KOMBU_PREFIX + "unacked") == 0,
+        30,
+        "the duplicate to be consumed",
+    )
+    assert r.zscore(keys.WEBHOOK_OUTBOX, job_id) is None
+    assert len(receiver.requests_to("/once")) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.5/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://100.64.1.2/x",
+        "http://[::1]/x",
+        "http://[fd00::1]/x",
+        "http://[fe80::1]/x",
+        "http://[::ffff:10.0.0.1]/x",
+        "http://0.0.0.0/x",
+        "http://192.168.1.1:8080/x",
+        "ftp://example.com/x",
+        "http://user:secret@example.com/x",
+        "file:///etc/passwd",
+    ],
+)
+def test_forbidden_urls_refused_at_submit(client: httpx.Client, url: str) -> None:
+    response = client.post(
+        "/v1/jobs", json={"model": MODEL, "items": [{"text": "x"}], "webhook": {"url": url}}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "WEBHOOK_URL_FORBIDDEN"
+
+
+def test_unresolvable_host_fails_the_delivery(client: httpx.Client) -> None:
+    job_id = submit(client, "http://no-such-host.invalid/hook")
+    wait_until(lambda: settled(client, job_id), 30, "the delivery to settle")
+    state = webhook_state(client, job_id)
+    assert (state["status"], state["attempts"]) == ("failed", 4)
+    assert "does not resolve" in state["last_error"]
+
+
+def test_webhooks_need_a_secret(tmp_path: Path) -> None:
+    """Without a secret, webhooks are refused with their own code (a gateway in-process)."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    redis_proc, url = start_redis(tmp_path)
+    try:
+        settings = Settings(redis_url=url, models={MODEL: str(tmp_path)})
+        with TestClient(create_app(settings)) as c:
+            response = c.post(
+                "/v1/jobs",
+                json={
+                    "model": MODEL,
+                    "items": [{"text": "x"}],
+                    "webhook": {"url": "https://example.com/h"},
+                },
+            )
+        assert (response.status_code, response.json()["error"]["code"]) == (
+            422,
+            "WEBHOOKS_DISABLED",
+        )
+    finally:
+        redis_proc.stop()

@@ -1,0 +1,79 @@
+"""The webhook worker process: Celery on the `webhooks` queue, plus the outbox sweep.
+
+A separate, light process (no model, no torch): deliveries wait on receivers for up to the
+timeout, and that waiting must never occupy an encode worker. Its thread pool bounds how many
+receivers it waits on at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from functools import partial
+
+import redis
+from celery import Celery, signals
+
+from common import keys
+from common.jobs import JobStore
+from common.queueing import make_celery, publish_webhook
+from common.settings import Settings
+from worker.webhooks import OutboxSweeper, WebhookSender
+
+log = logging.getLogger(__name__)
+
+
+def make_webhook_app(settings: Settings, sender: WebhookSender) -> Celery:
+    app = make_celery(settings)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+
+    @app.task(name=keys.TASK_WEBHOOK, acks_late=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
+    def deliver(job_id: str) -> None:
+        sender.deliver(job_id)
+
+    return app
+
+
+class WebhookWorker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        store = JobStore(self.redis, settings.result_ttl_s)
+        self.sender = WebhookSender(store, settings.webhooks)
+        self.app = make_webhook_app(settings, self.sender)
+        hold = settings.webhooks.timeout_s + 10
+        self.sweeper = OutboxSweeper(store, partial(publish_webhook, self.app), hold)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sweep_loop, name="loraq-outbox", daemon=True)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.settings.webhooks.sweep_s):
+            try:
+                self.sweeper.sweep(time.time())
+            except redis.RedisError as exc:
+                log.warning("outbox sweep failed: %s", exc)
+
+    def run(self) -> None:
+        signals.worker_shutdown.connect(lambda **_: self._stop.set(), weak=False)
+        self._thread.start()
+        self.app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={self.settings.webhooks.concurrency}",
+                f"--queues={keys.WEBHOOK_QUEUE}",
+                f"--hostname=loraq-webhooks-{os.getpid()}@%h",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
