@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.auth import Caller, identify
 from api.state import Gateway
 
 
@@ -15,3 +16,10 @@ def get_gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_caller(request: Request, gw: GatewayDep) -> Caller:
+    return identify(gw.settings.auth, request.headers.get("authorization"))
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.auth import RateLimiter
 from api.errors import install_error_handlers
+from api.idempotency import Idempotency
 from api.routes import encode, health, jobs, workers
 from api.routing_table import RoutingTable
 from api.state import Gateway
@@ -29,7 +31,11 @@ def create_app(settings: Settings) -> FastAPI:
         waiter.on_done.append(routing.completed)
         await routing.start()
         celery = make_celery(settings)
-        app.state.gateway = Gateway(settings, client, store, celery, waiter, routing)
+        rate = RateLimiter(client)
+        idempotency = Idempotency(client, store, settings.auth.idempotency_ttl_s)
+        app.state.gateway = Gateway(
+            settings, client, store, celery, waiter, routing, rate, idempotency
+        )
         try:
             yield
         finally:

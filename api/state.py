@@ -11,6 +11,8 @@ import redis.asyncio as aioredis
 from celery import Celery
 from tokenizers import Tokenizer
 
+from api.auth import RateLimiter
+from api.idempotency import Idempotency
 from api.routing_table import RoutingTable
 from api.waiter import CompletionWaiter
 from common.jobs import AsyncJobStore
@@ -28,6 +30,8 @@ class Gateway:
     celery: Celery
     waiter: CompletionWaiter
     routing: RoutingTable
+    rate: RateLimiter
+    idempotency: Idempotency
     _tokenizers: dict[str, tuple[Tokenizer, int] | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -9,6 +9,7 @@ import time
 
 from anyio import to_thread
 
+from api.auth import Caller
 from api.state import Gateway
 from common.adapters import exists_locally
 from common.errors import (
@@ -17,6 +18,7 @@ from common.errors import (
     ModelNotFound,
     NoItems,
     QueueUnavailable,
+    QuotaExceeded,
     TooManyItems,
     WebhooksDisabled,
 )
@@ -69,10 +71,11 @@ async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
         check_not_truncated(encodings, limit)
 
 
-async def check_webhook(gw: Gateway, webhook: WebhookSpec) -> None:
+async def check_webhook(gw: Gateway, who: Caller, webhook: WebhookSpec) -> None:
     """Refuse at submit what can be known now; a host that does not resolve yet is left to the
     delivery, which checks again (and fails the delivery with the same code)."""
-    if gw.settings.webhooks.secret is None:
+    own_secret = who.key is not None and who.key.webhook_secret is not None
+    if gw.settings.webhooks.secret is None and not own_secret:
         raise WebhooksDisabled("webhooks are not enabled here (no signing secret configured)")
     target = parse_url(webhook.url)
     allowed = parse_networks(gw.settings.webhooks.allow_networks)
@@ -81,20 +84,27 @@ async def check_webhook(gw: Gateway, webhook: WebhookSpec) -> None:
 
 
 async def submit(
-    gw: Gateway, model: str, request: EncodeRequest, webhook: WebhookSpec | None = None
+    gw: Gateway,
+    who: Caller,
+    model: str,
+    request: EncodeRequest,
+    webhook: WebhookSpec | None = None,
+    job_id: str | None = None,
 ) -> StoredJob:
-    """Validate, admit (backpressure), record the job, route it, publish it. If publishing fails
-    the job is marked failed and the caller gets 503, so no job is left looking queued with no
-    message behind it."""
+    """Validate, admit (backpressure, the caller's quotas), record the job, route it, publish it.
+    If publishing fails the job is marked failed and the caller gets 503, so no job is left
+    looking queued with no message behind it."""
     await validate(gw, model, request)
-    if webhook is not None:
-        await check_webhook(gw, webhook)
-    gw.routing.admit(model)
     options = request.params.options
+    who.may_use(options.lora_id)
+    if webhook is not None:
+        await check_webhook(gw, who, webhook)
+    gw.routing.admit(model)
+    await gw.rate.admit(who)
     now = time.time()
     ids = [item.id for item in request.items]
     job = StoredJob(
-        id=new_job_id(),
+        id=job_id or new_job_id(),
         status=JobStatus.QUEUED,
         model=model,
         lora_id=options.lora_id,
@@ -103,6 +113,7 @@ async def submit(
         created_at=now,
         webhook_url=webhook.url if webhook else None,
         webhook_events=" ".join(webhook.events) if webhook else None,
+        tenant=who.tenant,
     )
     message = EncodeMessage(
         job_id=job.id,
@@ -113,7 +124,14 @@ async def submit(
         truncate=options.truncate,
         enqueued_at=now,
     )
-    await gw.store.create(job, message.model_dump_json().encode())
+    limit = who.key.max_queued_items if who.key else None
+    queued = await gw.store.create(job, message.model_dump_json().encode(), limit)
+    if queued is not None:
+        raise QuotaExceeded(
+            f"{queued} items of this API key are queued; {job.n_items} more would pass its "
+            f"limit of {limit}",
+            retry_after=5,
+        )
     route = gw.routing.route(model, options.lora_id, job.id)
     try:
         await to_thread.run_sync(publish, gw.celery, message, route.queue)

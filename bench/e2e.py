@@ -31,7 +31,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.settings import DEFAULT_MODEL_ID, BatchSettings, resolve_model_path
-from loraq.stack import Stack, start_redis
+from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis
 from tests.reference import save_random_adapter
 
 WORDS = (
@@ -157,7 +157,7 @@ def main() -> None:
 
     inprocess = InProcess(model_dir, adapter_dir)
     redis_proc, redis_url = start_redis(work / "redis")
-    env = {"LORAQ_REDIS_URL": redis_url, "LORAQ_ADAPTERS__DIR": str(adapter_dir)}
+    env = {**LOCAL_DEV_ENV, "LORAQ_REDIS_URL": redis_url, "LORAQ_ADAPTERS__DIR": str(adapter_dir)}
     stack = Stack(env=env, log_dir=work / "logs")
     inprocess_runs, stack_runs, latencies = [], [], []
     try:

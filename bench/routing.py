@@ -575,7 +575,7 @@ def workers_leasing(url: str, n: int, shards: int) -> bool:
 
 def run_real(rc: RealConfig) -> dict[str, Any]:
     from common.settings import Settings
-    from loraq.stack import Stack, start_redis, wait_until
+    from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
 
     work = Path(tempfile.mkdtemp(prefix="loraq-bench-routing-"))
     adapter_dir = work / "adapters"
@@ -584,6 +584,7 @@ def run_real(rc: RealConfig) -> dict[str, Any]:
     lora_ids = real_lora_ids(rc)
     redis_proc, redis_url = start_redis(work / "redis")
     env = {
+        **LOCAL_DEV_ENV,
         "LORAQ_REDIS_URL": redis_url,
         "LORAQ_ADAPTERS__DIR": str(adapter_dir),
         "LORAQ_WORKER__TORCH_THREADS": "1",

@@ -97,6 +97,41 @@ class MethodNotAllowed(Permanent):
     http_status = 405
 
 
+class Unauthorized(Permanent):
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class AdapterForbidden(Permanent):
+    """This API key's adapter allowlist does not include the adapter."""
+
+    code = "ADAPTER_FORBIDDEN"
+    http_status = 403
+
+
+class QuotaExceeded(Retryable):
+    """A per-key quota (submit rate or queued items); retry after `Retry-After` seconds."""
+
+    code = "QUOTA_EXCEEDED"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IdempotencyKeyReused(Permanent):
+    """The same Idempotency-Key came with a different request body."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+    http_status = 422
+
+
+class JobNotCancellable(Permanent):
+    code = "JOB_NOT_CANCELLABLE"
+    http_status = 409
+
+
 class JobTimeout(Retryable):
     """The sync endpoint stopped waiting; the job goes on and can be polled."""
 

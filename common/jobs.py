@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from common import keys
 from common.schemas import JobStatus, StoredJob
 
-# KEYS: job hash, result, stored message, pending zset, webhook outbox zset.
+# KEYS: job hash, result, stored message, pending zset, webhook outbox zset, queued-items hash.
 # ARGV: the transition as JSON (see `_transition`), the result bytes.
 _TRANSITION_LUA = """
 local spec = cjson.decode(ARGV[1])
@@ -42,6 +42,11 @@ local webhook = 0
 if spec.terminal then
   redis.call('DEL', KEYS[3])
   redis.call('ZREM', KEYS[4], spec.job)
+  local counted = redis.call('HGET', KEYS[1], 'quota_items')
+  if counted then
+    redis.call('HINCRBY', KEYS[6], redis.call('HGET', KEYS[1], 'tenant'), -tonumber(counted))
+    redis.call('HDEL', KEYS[1], 'quota_items')
+  end
   local events = redis.call('HGET', KEYS[1], 'webhook_events')
   if events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true) then
     redis.call('HSET', KEYS[1], 'webhook_status', 'pending', 'webhook_attempts', 0)
@@ -53,6 +58,23 @@ elseif spec.redeliver_at then
   redis.call('ZADD', KEYS[4], spec.redeliver_at, spec.job)
 end
 return {1, cur, attempts, webhook}
+"""
+
+# KEYS: job hash, stored message, pending zset, queued-items hash.
+# ARGV: record fields (JSON), message, ttl, redelivery deadline, tenant ('' = no item quota),
+#       items, item limit. Creates nothing and answers {0, queued} if the quota would overflow.
+_CREATE_LUA = """
+if ARGV[5] ~= '' then
+  local queued = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
+  if queued + tonumber(ARGV[6]) > tonumber(ARGV[7]) then return {0, queued} end
+  redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[6])
+end
+local fields = cjson.decode(ARGV[1])
+for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], fields.id)
+return {1, 0}
 """
 
 # KEYS: job hash, webhook outbox.
@@ -74,7 +96,10 @@ return 1
 #: KEYS and ARGV of one transition script call.
 Op = tuple[list[str], list[str | bytes]]
 
-_NUMERIC_FIELDS = {"n_items", "dims", "attempts", "webhook_attempts", "webhook_last_status_code"}
+_NUMERIC_FIELDS = {
+    "n_items", "dims", "attempts", "webhook_attempts", "webhook_last_status_code", "quota_items",
+    "n_tokens",
+}  # fmt: skip
 _FLOAT_FIELDS = {
     "created_at", "started_at", "finished_at", "inference_ms", "webhook_next_attempt_at",
 }  # fmt: skip
@@ -147,7 +172,8 @@ def _transition(
     if redeliver_at is not None:
         spec["redeliver_at"] = redeliver_at
     job_keys = [keys.job(job_id), keys.job_result(job_id), keys.job_message(job_id)]
-    return [*job_keys, keys.PENDING_ZSET, keys.WEBHOOK_OUTBOX], [json.dumps(spec), result or b""]
+    zsets = [keys.PENDING_ZSET, keys.WEBHOOK_OUTBOX, keys.QUEUED_ITEMS]
+    return [*job_keys, *zsets], [json.dumps(spec), result or b""]
 
 
 _FROM_NOT_TERMINAL = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -167,6 +193,12 @@ def succeed_op(
     fields = {"finished_at": now, **fields}
     return _transition(
         job_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, ttl_s, now, fields, result=result
+    )
+
+
+def cancel_op(job_id: str, ttl_s: int, now: float) -> Op:
+    return _transition(
+        job_id, _FROM_NOT_TERMINAL, JobStatus.CANCELLED, ttl_s, now, {"finished_at": now}
     )
 
 
@@ -258,20 +290,34 @@ class AsyncJobStore:
         self.ttl_s = ttl_s
         self.redeliver_after_s = redeliver_after_s
         self._script = client.register_script(_TRANSITION_LUA)
+        self._create = client.register_script(_CREATE_LUA)
 
     async def _apply(self, op: Op) -> Transition:
         return _transition_result(op, await self._script(keys=op[0], args=op[1]))
 
-    async def create(self, job: StoredJob, message: bytes) -> None:
-        """The record, a copy of its queue message, and its redelivery deadline, in one step:
-        if the broker loses the message, the sweeper publishes the copy again."""
-        key = keys.job(job.id)
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=encode_job(job))  # type: ignore[arg-type]
-            pipe.expire(key, self.ttl_s)
-            pipe.set(keys.job_message(job.id), message, ex=self.ttl_s)
-            pipe.zadd(keys.PENDING_ZSET, {job.id: job.created_at + self.redeliver_after_s})
-            await pipe.execute()
+    async def create(
+        self, job: StoredJob, message: bytes, max_queued_items: int | None = None
+    ) -> int | None:
+        """The record, a copy of its queue message and its redelivery deadline, in one step (if
+        the broker loses the message, the sweeper publishes the copy again). With an item limit
+        the job's items are reserved against its tenant's quota in the same step; if they do not
+        fit, nothing is created and the tenant's queued item count is returned."""
+        quota = job.tenant is not None and max_queued_items is not None
+        if quota:
+            job = job.model_copy(update={"quota_items": job.n_items})
+        created, queued = await self._create(
+            keys=[keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET, keys.QUEUED_ITEMS],
+            args=[
+                json.dumps(encode_job(job)),
+                message,
+                self.ttl_s,
+                repr(job.created_at + self.redeliver_after_s),
+                (job.tenant or "") if quota else "",
+                job.n_items,
+                max_queued_items or 0,
+            ],
+        )
+        return None if int(created) else int(queued)
 
     async def get(self, job_id: str) -> StoredJob | None:
         raw = await self._r.hgetall(keys.job(job_id))
@@ -283,3 +329,6 @@ class AsyncJobStore:
 
     async def fail(self, job_id: str, now: float, code: str, message: str) -> Transition:
         return await self._apply(fail_op(job_id, self.ttl_s, now, code, message))
+
+    async def cancel(self, job_id: str, now: float) -> Transition:
+        return await self._apply(cancel_op(job_id, self.ttl_s, now))

@@ -8,6 +8,9 @@
 | loraq:pending                      | zset    | members: until term.| common.jobs (Lua)     |
 | loraq:sweep-lock                   | string  | one sweep interval  | worker.sweeper        |
 | loraq:webhooks:outbox              | zset    | until delivered     | common.jobs (Lua)     |
+| loraq:quota:queued-items           | hash    | -                   | api.auth / jobs (Lua) |
+| loraq:quota:{tenant}:bucket        | hash    | refill time + 60 s  | api.auth (Lua)        |
+| loraq:idem:{tenant}:{key sha256}   | string  | idempotency_ttl_s   | api.idempotency       |
 | loraq:webhook-lock:{<id>}          | string  | one attempt         | worker.webhooks       |
 | loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
 | loraq:workers                      | zset    | members pruned      | worker heartbeat      |
@@ -34,6 +37,7 @@ WORKERS_ZSET = PREFIX + "workers"
 DEAD_LETTER = PREFIX + "dead-letter"
 PENDING_ZSET = PREFIX + "pending"
 WEBHOOK_OUTBOX = PREFIX + "webhooks:outbox"
+QUEUED_ITEMS = PREFIX + "quota:queued-items"
 WEBHOOK_QUEUE = "webhooks"
 TASK_WEBHOOK = "loraq.webhook"
 SWEEP_LOCK = PREFIX + "sweep-lock"
@@ -58,6 +62,14 @@ def job_message(job_id: str) -> str:
 def webhook_lock(job_id: str) -> str:
     """Held while one delivery attempt for the job is in flight."""
     return f"{PREFIX}webhook-lock:{{{job_id}}}"
+
+
+def rate_bucket(tenant: str) -> str:
+    return f"{PREFIX}quota:{tenant}:bucket"
+
+
+def idempotency(tenant: str, key_digest: str) -> str:
+    return f"{PREFIX}idem:{tenant}:{key_digest}"
 
 
 def worker(worker_id: str) -> str:

@@ -152,6 +152,9 @@ class StoredJob(BaseModel):
     dims: int | None = None
     attempts: int = 0
     worker: str | None = None  # the worker that last started it
+    tenant: str | None = None  # the API key's tenant that owns it
+    quota_items: int | None = None  # items reserved against the tenant's quota until terminal
+    n_tokens: int | None = None  # tokens encoded (after truncation)
     webhook_url: str | None = None
     webhook_events: str | None = None  # space-separated statuses
     webhook_status: str | None = None  # pending | delivered | failed

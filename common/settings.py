@@ -127,6 +127,43 @@ class WebhookSettings(_Section):
     sweep_s: float = Field(1.0, gt=0)
 
 
+class AuthMode(StrEnum):
+    KEYS = "keys"
+    DISABLED = "disabled"
+
+
+class ApiKey(_Section):
+    """One API key, as configured: never the key itself, only its SHA-256 (`loraq keys create`
+    prints both)."""
+
+    tenant: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: Adapters this key may use (shell patterns, e.g. "acme/*"); empty: any.
+    lora_allow: list[str] = Field(default_factory=list)
+    #: Items of this tenant's unfinished jobs, at most; and submits per second (token bucket).
+    max_queued_items: int = Field(100_000, ge=1)
+    rate_per_s: float = Field(50.0, gt=0)
+    burst: int = Field(100, ge=1)
+    #: Signs this tenant's webhooks instead of the global secret.
+    webhook_secret: SecretStr | None = None
+
+
+class AuthSettings(_Section):
+    #: `keys` (the default) requires a Bearer API key on every /v1 call; `disabled` is for
+    #: local development only, and must be chosen explicitly.
+    mode: AuthMode = AuthMode.KEYS
+    keys: list[ApiKey] = Field(default_factory=list)
+    #: How long an Idempotency-Key remembers its job.
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _distinct(cls, value: list[ApiKey]) -> list[ApiKey]:
+        if len({k.sha256 for k in value}) != len(value):
+            raise ValueError("the same API key is configured twice")
+        return value
+
+
 class WorkerSettings(_Section):
     """One worker process serves one model; its task threads feed one batcher."""
 
@@ -159,6 +196,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     routing: RoutingSettings = RoutingSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    auth: AuthSettings = AuthSettings()
 
     @field_validator("models")
     @classmethod

@@ -37,11 +37,11 @@ def _webhooks(_: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from loraq.stack import Stack, redis_reachable, start_redis
+    from loraq.stack import LOCAL_DEV_ENV, Stack, redis_reachable, start_redis
 
     settings = Settings()
     state_dir = Path(args.state_dir)
-    env = {k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}
+    env = {**LOCAL_DEV_ENV, **{k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}}
     redis_proc = None
     if not redis_reachable(settings.redis_url):
         redis_proc, url = start_redis(state_dir / "redis", appendonly=True, log_dir=state_dir)

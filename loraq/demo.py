@@ -18,7 +18,7 @@ import numpy as np
 
 from common.settings import DEFAULT_MODEL_ID, Settings, resolve_model_path
 from loraq.demo_data import DOMAINS, Domain
-from loraq.stack import Process, Stack, free_port, redis_reachable, start_redis
+from loraq.stack import LOCAL_DEV_ENV, Process, Stack, free_port, redis_reachable, start_redis
 
 
 def make_demo_adapters(out_root: Path) -> list[str]:
@@ -88,7 +88,7 @@ def run_demo(state_dir: Path, port: int = 0) -> int:
     lora_ids = make_demo_adapters(adapter_dir)
     print(f"  {', '.join(lora_ids)} ready in {adapter_dir} ({time.perf_counter() - started:.1f}s)")
 
-    env = {k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}
+    env = {**LOCAL_DEV_ENV, **{k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}}
     env["LORAQ_ADAPTERS__DIR"] = str(adapter_dir.resolve())
     redis_proc: Process | None = None
     if not redis_reachable(settings.redis_url):

@@ -22,6 +22,10 @@ from pathlib import Path
 import httpx
 import redis
 
+#: Local development and tests run without API keys; this must be said explicitly (the default
+#: requires keys), and only these local entry points say it.
+LOCAL_DEV_ENV = {"LORAQ_AUTH__MODE": "disabled"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

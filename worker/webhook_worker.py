@@ -48,7 +48,7 @@ class WebhookWorker:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url)
         store = JobStore(self.redis, settings.result_ttl_s)
-        self.sender = WebhookSender(store, settings.webhooks)
+        self.sender = WebhookSender(store, settings.webhooks, settings.auth.keys)
         self.app = make_webhook_app(settings, self.sender)
         hold = settings.webhooks.timeout_s + 10
         self.sweeper = OutboxSweeper(store, partial(publish_webhook, self.app), hold)

@@ -20,7 +20,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,7 @@ from common.errors import WebhookUrlForbidden
 from common.job_view import job_json, job_view
 from common.jobs import JobStore
 from common.schemas import StoredJob, iso
-from common.settings import WebhookSettings
+from common.settings import ApiKey, WebhookSettings
 from common.ssrf import IPAddress, Unresolvable, parse_networks, parse_url, resolve
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,19 @@ class WebhookSender:
         self,
         store: JobStore,
         settings: WebhookSettings,
+        tenant_keys: Sequence[ApiKey] = (),
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        if settings.secret is None:
-            raise ValueError("webhooks need a signing secret (LORAQ_WEBHOOKS__SECRET)")
         self._store = store
         self._settings = settings
-        self._signer = Webhook(settings.secret.get_secret_value())
+        # Each tenant's own secret if its API key has one, else the global secret.
+        self._default = Webhook(settings.secret.get_secret_value()) if settings.secret else None
+        self._signers = {
+            k.tenant: Webhook(k.webhook_secret.get_secret_value())
+            for k in tenant_keys
+            if k.webhook_secret is not None
+        }
         self._allowed = parse_networks(settings.allow_networks)
         self._clock = clock
         self._rng = rng or random.Random()
@@ -173,6 +178,9 @@ class WebhookSender:
         assert job.webhook_url is not None
         target = parse_url(job.webhook_url)
         address = resolve(target, self._allowed)
+        signer = self._signers.get(job.tenant or "", self._default)
+        if signer is None:
+            raise WebhookUrlForbidden("no webhook signing secret is configured for this tenant")
         body = self.payload(job, now)
         msg_id = message_id(job.id)
         stamp = datetime.fromtimestamp(int(now), UTC)
@@ -182,7 +190,7 @@ class WebhookSender:
             "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now)),
-            "webhook-signature": self._signer.sign(msg_id, stamp, body.decode()),
+            "webhook-signature": signer.sign(msg_id, stamp, body.decode()),
         }
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         url = f"{target.scheme}://{_host(address)}:{target.port}{target.path}"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.body import MSGPACK_TYPES, parse_body
-from api.deps import GatewayDep
+from api.deps import CallerDep, GatewayDep
 from api.errors import error_for_code
 from api.render import sie_response
 from api.submit import submit
@@ -34,9 +34,9 @@ def wants_msgpack(accept: str) -> bool:
         }
     },
 )
-async def encode(model: str, request: Request, gw: GatewayDep) -> Response:
+async def encode(model: str, request: Request, gw: GatewayDep, who: CallerDep) -> Response:
     body = await parse_body(request, EncodeRequest, gw.settings.limits.max_body_bytes)
-    job = await submit(gw, model, body)
+    job = await submit(gw, who, model, body)
     done = await gw.waiter.wait(job.id, gw.settings.sync_timeout_s)
     if done is None:
         raise JobTimeout(

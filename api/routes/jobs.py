@@ -1,19 +1,25 @@
-"""Async jobs: submit (202 + Location) and poll."""
+"""Async jobs: submit (202 + Location), poll (optionally long), cancel."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from anyio import to_thread
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
+from api.auth import Caller
 from api.body import parse_body
-from api.deps import GatewayDep
-from api.submit import submit
-from common.errors import JobNotFound
+from api.deps import CallerDep, GatewayDep
+from api.idempotency import body_digest
+from api.state import Gateway
+from api.submit import new_job_id, submit
+from common.errors import JobNotCancellable, JobNotFound, LoraqError
 from common.job_view import job_json, job_view
-from common.schemas import ErrorBody, JobCreated, JobRequest, iso
+from common.queueing import publish_webhook
+from common.schemas import ErrorBody, JobCreated, JobRequest, StoredJob, iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -24,12 +30,35 @@ _WAIT_DOC = (
 )
 _JOB_ID_RE = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 
 
 def job_url(job_id: str) -> str:
     return f"/v1/jobs/{job_id}"
+
+
+def created(job: StoredJob, status_code: int) -> Response:
+    body = {
+        "id": job.id,
+        "status": job.status.value,
+        "created_at": iso(job.created_at),
+        "links": {"self": job_url(job.id)},
+    }
+    return Response(
+        JobCreated.model_validate(body).model_dump_json(),
+        status_code=status_code,
+        media_type="application/json",
+        headers={"Location": job_url(job.id)},
+    )
+
+
+async def owned_job(gw: Gateway, who: Caller, job_id: str) -> StoredJob:
+    """The caller's job; another tenant's job is as unknown as a job that never existed."""
+    job = await gw.store.get(job_id) if _JOB_ID_RE.fullmatch(job_id) else None
+    if job is None or job.tenant != who.tenant:
+        raise JobNotFound(f"job {job_id[:100]!r} not found")
+    return job
 
 
 @router.post(
@@ -41,33 +70,54 @@ def job_url(job_id: str) -> str:
         "requestBody": {"content": {"application/json": {"schema": JobRequest.model_json_schema()}}}
     },
 )
-async def create_job(request: Request, gw: GatewayDep) -> Response:
+async def create_job(
+    request: Request,
+    gw: GatewayDep,
+    who: CallerDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> Response:
     body = await parse_body(request, JobRequest, gw.settings.limits.max_body_bytes)
-    job = await submit(gw, body.model, body, body.webhook)
-    created = {
-        "id": job.id,
-        "status": job.status.value,
-        "created_at": iso(job.created_at),
-        "links": {"self": job_url(job.id)},
-    }
-    return Response(
-        JobCreated.model_validate(created).model_dump_json(),
-        status_code=202,
-        media_type="application/json",
-        headers={"Location": job_url(job.id)},
-    )
+    if idempotency_key is None:
+        return created(await submit(gw, who, body.model, body, body.webhook), 202)
+    job_id = new_job_id()
+    digest = body_digest(body.model_dump_json())
+    first = await gw.idempotency.reserve(who.tenant, idempotency_key, digest, job_id)
+    if first is not None:
+        job = await gw.idempotency.first_job(first)
+        if job is None:
+            raise JobNotFound(f"the job of this Idempotency-Key ({first}) is gone")
+        return created(job, 200)
+    try:
+        job = await submit(gw, who, body.model, body, body.webhook, job_id=job_id)
+    except LoraqError:
+        await gw.idempotency.release(who.tenant, idempotency_key)
+        raise
+    return created(job, 202)
 
 
 @router.get("/{job_id}", responses=_ERRORS)
 async def get_job(
     job_id: str,
     gw: GatewayDep,
+    who: CallerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=_WAIT_DOC)] = 0,
 ) -> Response:
-    job = await gw.store.get(job_id) if _JOB_ID_RE.fullmatch(job_id) else None
-    if job is None:
-        raise JobNotFound(f"job {job_id[:100]!r} not found")
+    job = await owned_job(gw, who, job_id)
     if wait and not job.status.terminal:
         job = await gw.waiter.wait(job_id, wait) or await gw.store.get(job_id) or job
     result = await gw.store.get_result(job_id) if job.status == "succeeded" else None
     return Response(job_json(job_view(job, result, job_url(job.id))), media_type="application/json")
+
+
+@router.delete("/{job_id}", responses=_ERRORS)
+async def cancel_job(job_id: str, gw: GatewayDep, who: CallerDep) -> Response:
+    """Cancels a queued job. A running job is cancelled too: its result, when the worker
+    finishes computing it, is discarded (compute already under way is not interrupted)."""
+    await owned_job(gw, who, job_id)
+    outcome = await gw.store.cancel(job_id, time.time())
+    if not outcome.applied:
+        raise JobNotCancellable(f"job {job_id} is already {outcome.previous}")
+    if outcome.webhook_due:
+        await to_thread.run_sync(publish_webhook, gw.celery, job_id)
+    job = await owned_job(gw, who, job_id)
+    return Response(job_json(job_view(job, None, job_url(job.id))), media_type="application/json")

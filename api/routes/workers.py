@@ -6,13 +6,13 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import GatewayDep
+from api.deps import CallerDep, GatewayDep
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/v1/workers")
-async def workers(gw: GatewayDep) -> dict[str, Any]:
+async def workers(gw: GatewayDep, _: CallerDep) -> dict[str, Any]:
     table = gw.routing
     return {
         "refreshed_at": table.refreshed_at,

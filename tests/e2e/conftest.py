@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from common.settings import DEFAULT_MODEL_ID, resolve_model_path
-from loraq.stack import Stack
+from loraq.stack import LOCAL_DEV_ENV, Stack
 from tests.reference import save_random_adapter
 
 MODEL = DEFAULT_MODEL_ID
@@ -26,6 +26,7 @@ ADAPTERS = {
 }
 #: Limits the bad-input tests run into; everything else is the default.
 STACK_ENV = {
+    **LOCAL_DEV_ENV,
     "LORAQ_LIMITS__MAX_ITEMS_PER_JOB": "64",
     "LORAQ_LIMITS__MAX_BODY_BYTES": str(256 * 1024),
     "LORAQ_WORKER__TORCH_THREADS": "2",

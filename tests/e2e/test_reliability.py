@@ -24,13 +24,14 @@ from common import keys
 from common.jobs import decode_job
 from common.settings import DEFAULT_MODEL_ID
 from common.workers import live_worker_infos
-from loraq.stack import Process, Stack, start_redis, wait_until
+from loraq.stack import LOCAL_DEV_ENV, Process, Stack, start_redis, wait_until
 from tests.reference import save_random_adapter, save_tiny_model
 
 MODEL = DEFAULT_MODEL_ID
 SHARDS = 8
 LEASE_TTL_S = 2.0
 FAST = {
+    **LOCAL_DEV_ENV,
     "LORAQ_VISIBILITY_TIMEOUT_S": "8",
     "LORAQ_WORKER__HEARTBEAT_S": "0.5",
     "LORAQ_ROUTING__LEASE_TTL_S": str(LEASE_TTL_S),

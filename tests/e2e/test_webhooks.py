@@ -19,7 +19,7 @@ from common import keys
 from common.queueing import make_celery, publish
 from common.schemas import EncodeMessage
 from common.settings import DEFAULT_MODEL_ID, Settings
-from loraq.stack import Stack, start_redis, wait_until
+from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
 from tests.receiver import Answer, Receiver
 from tests.reference import save_tiny_model
 
@@ -39,6 +39,7 @@ def hooks_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     model_dir = save_tiny_model(root / "model")
     redis_proc, url = start_redis(root / "redis")
     env = {
+        **LOCAL_DEV_ENV,
         "LORAQ_REDIS_URL": url,
         "LORAQ_MODELS": json.dumps({MODEL: str(model_dir)}),
         "LORAQ_ADAPTERS__DIR": str(root / "adapters"),
@@ -229,7 +230,7 @@ def test_webhooks_need_a_secret(tmp_path: Path) -> None:
 
     redis_proc, url = start_redis(tmp_path)
     try:
-        settings = Settings(redis_url=url, models={MODEL: str(tmp_path)})
+        settings = Settings(redis_url=url, models={MODEL: str(tmp_path)}, auth={"mode": "disabled"})
         with TestClient(create_app(settings)) as c:
             response = c.post(
                 "/v1/jobs",

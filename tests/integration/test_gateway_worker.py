@@ -35,6 +35,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         adapters={"dir": tmp_path},
         worker={"model": MODEL},
         sync_timeout_s=10,
+        auth={"mode": "disabled"},
     )
 
 

@@ -122,6 +122,7 @@ unique names, a configured model, a job bound within the visibility timeout. -> 
 {{- fail (printf "pools[%d]: the pool name %q is used twice; pool names must be unique" $i $pool.name) -}}
 {{- end -}}
 {{- $_ := set $seen $pool.name true -}}
+{{- $_ := set $seen (printf "model:%s" $pool.model) true -}}
 {{- if not (hasKey $root.Values.settings.models $pool.model) -}}
 {{- fail (printf "pools[%d] (%s): model %q is not a key of settings.models (%s)" $i $pool.name $pool.model (keys $root.Values.settings.models | sortAlpha | join ", ")) -}}
 {{- end -}}
@@ -132,6 +133,17 @@ unique names, a configured model, a job bound within the visibility timeout. -> 
 {{- fail (printf "pools[%d] (%s): keda.maxReplicaCount is below keda.minReplicaCount" $i $pool.name) -}}
 {{- end -}}
 {{- $pools = append $pools $pool -}}
+{{- end -}}
+{{- $slugs := dict -}}
+{{- range $model, $_ := $root.Values.settings.models -}}
+{{- $slug := include "loraq.modelSlug" $model -}}
+{{- if hasKey $slugs $slug -}}
+{{- fail (printf "settings.models: %q and %q would share the queue jobs.%s (queue names keep only [a-z0-9] runs of the model id)" (get $slugs $slug) $model $slug) -}}
+{{- end -}}
+{{- $_ := set $slugs $slug $model -}}
+{{- if not (hasKey $seen (printf "model:%s" $model)) -}}
+{{- fail (printf "settings.models has %q but no pool serves it: its jobs would be accepted and queue forever. Add a pool, or drop the model with `settings.models.%s: null`" $model $model) -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $pools -}}
 {{- end -}}
@@ -238,8 +250,10 @@ redis-url
 {{- else if .Values.redis.external.url -}}
 {{- $host := (urlParse .Values.redis.external.url).host -}}
 {{- if contains ":" $host -}}{{ $host }}{{- else -}}{{ printf "%s:6379" $host }}{{- end -}}
-{{- else -}}
+{{- else if .Values.redis.external.existingSecret -}}
 {{- fail "keda.redis.address (host:port) is required with redis.external.existingSecret: the chart cannot read the Redis URL out of your Secret" -}}
+{{- else -}}
+{{- include "loraq.redisUrl" . -}}
 {{- end -}}
 {{- end -}}
 
@@ -306,7 +320,11 @@ securityContext:
 - name: home
   emptyDir: {}
 - name: adapters
-  {{- toYaml .Values.adapters.volume | nindent 2 }}
+  {{- toYaml (.Values.adapters.volume | default (dict "emptyDir" dict)) | nindent 2 }}
+{{- with .Values.modelStore.volume }}
+- name: models
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end -}}
 
 {{- define "loraq.volumeMounts" -}}
@@ -317,6 +335,11 @@ securityContext:
 - name: adapters
   mountPath: {{ .Values.adapters.dir }}
   readOnly: true
+{{- if .Values.modelStore.volume }}
+- name: models
+  mountPath: {{ .Values.modelStore.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* A scalar as an env value. Helm reads every number in values as float64, and a float64
