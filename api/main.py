@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from api.auth import RateLimiter
 from api.errors import install_error_handlers
 from api.idempotency import Idempotency
-from api.routes import encode, health, jobs, workers
+from api.routes import embeddings, encode, health, jobs, workers
 from api.routing_table import RoutingTable
 from api.state import Gateway
 from api.waiter import CompletionWaiter
@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(encode.router)
+    app.include_router(embeddings.router)
     app.include_router(health.router)
     app.include_router(workers.router)
     return app

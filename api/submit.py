@@ -10,17 +10,20 @@ import time
 from anyio import to_thread
 
 from api.auth import Caller
+from api.errors import error_for_code
 from api.state import Gateway
 from common.adapters import exists_locally
 from common.errors import (
     AdapterNotFound,
     InputTooLong,
+    JobTimeout,
     ModelNotFound,
     NoItems,
     QueueUnavailable,
     QuotaExceeded,
     TooManyItems,
     WebhooksDisabled,
+    WorkerError,
 )
 from common.model_files import check_not_truncated
 from common.queueing import publish
@@ -141,3 +144,24 @@ async def submit(
         await gw.store.fail(job.id, time.time(), error.code, error.message)
         raise error from exc
     return job
+
+
+async def submit_and_wait(
+    gw: Gateway, who: Caller, model: str, request: EncodeRequest
+) -> tuple[StoredJob, bytes]:
+    """For the synchronous routes: the finished job and its vectors, or the job's own error; on
+    timeout, 504 with the job id, so the caller can poll instead of resubmitting."""
+    job = await submit(gw, who, model, request)
+    done = await gw.waiter.wait(job.id, gw.settings.sync_timeout_s)
+    if done is None:
+        raise JobTimeout(
+            f"job {job.id} did not finish within {gw.settings.sync_timeout_s:g}s; "
+            f"poll /v1/jobs/{job.id} for its result",
+            job_id=job.id,
+        )
+    if done.status != JobStatus.SUCCEEDED:
+        raise error_for_code(done.error_code or "", done.error_message or f"job {done.status}")
+    result = await gw.store.get_result(job.id)
+    if result is None:
+        raise WorkerError(f"job {job.id} succeeded but its result has expired")
+    return done, result

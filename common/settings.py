@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: Environment variables of the loraq client and CLI, not of the server.
+CLIENT_ENV = frozenset({"LORAQ_URL", "LORAQ_API_KEY"})
 #: Model paths of this form resolve to a model shipped inside an installed Python package.
 BUNDLED_PREFIX = "bundled:"
 
@@ -213,8 +215,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_unknown_env(self) -> Settings:
-        """pydantic-settings ignores unknown variables; a typo in one would silently be a no-op."""
-        known = {f"LORAQ_{name}".upper() for name in type(self).model_fields}
+        """pydantic-settings ignores unknown variables; a typo in one would silently be a no-op.
+        The client's own variables (`LORAQ_URL`, `LORAQ_API_KEY`) are not server settings."""
+        known = {f"LORAQ_{name}".upper() for name in type(self).model_fields} | CLIENT_ENV
         unknown = [
             k
             for k in os.environ

@@ -45,6 +45,7 @@ class Row:
 class JobOutput:
     vectors: np.ndarray  # [rows, dims] float32
     inference_ms: float
+    tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -200,7 +201,8 @@ class Batcher:
         for job in dict.fromkeys(e.job for e in batch):
             job.inference_s += elapsed
             if job.remaining == 0:
-                job.future.set_result(JobOutput(job.vectors, job.inference_s * 1000))
+                tokens = sum(len(row.tokens) for row in job.rows)
+                job.future.set_result(JobOutput(job.vectors, job.inference_s * 1000, tokens))
 
     def _isolate(self, batch: list[_Entry], exc: Exception) -> None:
         jobs = list(dict.fromkeys(e.job for e in batch))

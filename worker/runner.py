@@ -126,6 +126,7 @@ class JobRunner:
             return
         fields = {
             "dims": output.vectors.shape[1],
+            "n_tokens": output.tokens,
             "inference_ms": round(output.inference_ms, 3),
             "adapter_hash": lease.content_hash if lease else None,
         }

@@ -11,11 +11,9 @@ from fastapi.responses import Response
 
 from api.body import MSGPACK_TYPES, parse_body
 from api.deps import CallerDep, GatewayDep
-from api.errors import error_for_code
 from api.render import sie_response
-from api.submit import submit
-from common.errors import JobTimeout, WorkerError
-from common.schemas import EncodeRequest, ErrorBody, JobStatus
+from api.submit import submit_and_wait
+from common.schemas import EncodeRequest, ErrorBody
 
 router = APIRouter(tags=["encode"])
 
@@ -36,19 +34,7 @@ def wants_msgpack(accept: str) -> bool:
 )
 async def encode(model: str, request: Request, gw: GatewayDep, who: CallerDep) -> Response:
     body = await parse_body(request, EncodeRequest, gw.settings.limits.max_body_bytes)
-    job = await submit(gw, who, model, body)
-    done = await gw.waiter.wait(job.id, gw.settings.sync_timeout_s)
-    if done is None:
-        raise JobTimeout(
-            f"job {job.id} did not finish within {gw.settings.sync_timeout_s:g}s; "
-            f"poll /v1/jobs/{job.id} for its result",
-            job_id=job.id,
-        )
-    if done.status != JobStatus.SUCCEEDED:
-        raise error_for_code(done.error_code or "", done.error_message or f"job {done.status}")
-    result = await gw.store.get_result(job.id)
-    if result is None:
-        raise WorkerError(f"job {job.id} succeeded but its result has expired")
+    done, result = await submit_and_wait(gw, who, model, body)
     as_msgpack = wants_msgpack(request.headers.get("accept", ""))
     return Response(
         sie_response(done, result, as_msgpack),

@@ -288,7 +288,7 @@ Pod pieces shared by the gateway, the webhook worker and the worker pools.
       key: {{ include "loraq.redisUrlKey" . }}
 {{- end -}}
 
-{{/* An optional secret env var: (dict "root" $ "name" "LORAQ_API_KEYS" "key" "api-keys"). */}}
+{{/* An optional secret env var: (dict "root" $ "name" "LORAQ_AUTH__KEYS" "key" "api-keys"). */}}
 {{- define "loraq.optionalSecretEnv" -}}
 - name: {{ .name }}
   valueFrom:
