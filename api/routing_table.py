@@ -4,7 +4,9 @@ background from heartbeats, so routing and admission cost no Redis round trip pe
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import time
 
@@ -14,11 +16,24 @@ from redis.exceptions import RedisError
 from api.router import Route, Router, WorkerView
 from common import keys
 from common.errors import QueueFull
+from common.metrics import QUEUE_DEPTH, QUEUE_OLDEST_AGE
 from common.schemas import WorkerInfo
 from common.settings import Settings
 from common.workers import live_workers
 
 log = logging.getLogger(__name__)
+
+
+def message_age(raw: bytes | None, now: float) -> float:
+    """Seconds since a queued encode message was published (kombu envelope → Celery body)."""
+    if raw is None:
+        return 0.0
+    try:
+        envelope = json.loads(raw)
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        return max(0.0, now - float(args[0]["enqueued_at"]))
+    except (ValueError, KeyError, IndexError, TypeError):
+        return 0.0
 
 
 class RoutingTable:
@@ -58,7 +73,16 @@ class RoutingTable:
             for queues in self._queues.values():
                 for queue in queues:
                     pipe.llen(keys.queue_list(queue))
-            lengths = iter(await pipe.execute())
+                    pipe.lindex(keys.queue_list(queue), -1)  # the oldest (LPUSH, BRPOP)
+            replies = iter(await pipe.execute())
+        lengths = []
+        for queues in self._queues.values():
+            for queue in queues:
+                depth, oldest = next(replies), next(replies)
+                QUEUE_DEPTH.labels(queue).set(depth)
+                QUEUE_OLDEST_AGE.labels(queue).set(message_age(oldest, time.time()))
+                lengths.append(depth)
+        lengths_iter = iter(lengths)
         previous, self.refreshed_at = self.refreshed_at, time.time()
         self._heartbeats = {
             w.id: old if (old := self._heartbeats.get(w.id)) and old[0] == w.seen_at
@@ -80,7 +104,7 @@ class RoutingTable:
                     for w in self.workers[model]
                 ]
             )
-            self.depth[model] = sum(next(lengths) for _ in self._queues[model])
+            self.depth[model] = sum(next(lengths_iter) for _ in self._queues[model])
             self._admitted[model] = 0
 
     async def _run(self) -> None:

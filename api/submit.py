@@ -25,6 +25,7 @@ from common.errors import (
     WebhooksDisabled,
     WorkerError,
 )
+from common.metrics import JOBS_FINISHED, JOBS_SUBMITTED
 from common.model_files import check_not_truncated
 from common.queueing import publish
 from common.schemas import (
@@ -142,7 +143,9 @@ async def submit(
         log.exception("publishing job %s failed", job.id)
         error = QueueUnavailable(f"the job queue is unavailable: {exc}")
         await gw.store.fail(job.id, time.time(), error.code, error.message)
+        JOBS_FINISHED.labels(model, "failed", error.code).inc()
         raise error from exc
+    JOBS_SUBMITTED.labels(model).inc()
     return job
 
 

@@ -127,6 +127,8 @@ class WebhookSettings(_Section):
     #: Deliveries in flight at once in a webhook worker, and how often it looks for due ones.
     concurrency: int = Field(16, ge=1)
     sweep_s: float = Field(1.0, gt=0)
+    #: Prometheus metrics of the webhook worker on this port (0: none).
+    metrics_port: int = Field(0, ge=0, le=65535)
 
 
 class AuthMode(StrEnum):
@@ -175,6 +177,8 @@ class WorkerSettings(_Section):
     dtype: str = "float32"
     heartbeat_s: float = Field(2.0, gt=0)
     torch_threads: int = Field(0, ge=0)
+    #: Prometheus metrics on this port (0: none; several workers on one host need their own).
+    metrics_port: int = Field(0, ge=0, le=65535)
 
 
 class Settings(BaseSettings):

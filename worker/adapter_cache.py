@@ -18,10 +18,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from common import metrics
 from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
 from worker.engine.lora import AdapterWeights
 
@@ -45,7 +46,6 @@ class CacheStats:
     misses: int = 0
     loads: int = 0
     evictions: int = 0
-    load_seconds: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -102,8 +102,10 @@ class AdapterCache:
             slot = self._slot_of.get(lora_id)
             if slot is not None:
                 self.stats.hits += 1
+                metrics.ADAPTER_HITS.inc()
                 return self._lease_when_ready(slot, deadline)
             self.stats.misses += 1
+            metrics.ADAPTER_MISSES.inc()
         weights = self._weights(lora_id, deadline)
         with self._lock:
             slot = self._slot_of.get(lora_id)
@@ -149,6 +151,7 @@ class AdapterCache:
                 if state.leases == 0 and state.lora_id not in self._pinned:
                     if state.lora_id is not None:
                         self.stats.evictions += 1
+                        metrics.ADAPTER_EVICTIONS.inc()
                     self._forget_slot(slot)
                     self._slots[slot] = _Slot(lora_id, weights.content_hash, leases=1)
                     self._slot_of[lora_id] = slot
@@ -207,7 +210,7 @@ class AdapterCache:
             while len(self._cpu) > self._cpu_capacity:
                 self._cpu.popitem(last=False)
             self.stats.loads += 1
-            self.stats.load_seconds.append(time.perf_counter() - started)
+            metrics.ADAPTER_LOAD.observe(time.perf_counter() - started)
         return weights
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common import metrics
 from common.errors import EncodeFailed
 from common.settings import BatchSettings
 
@@ -216,9 +217,12 @@ class Batcher:
 
     def _record(self, batch: list[_Entry], elapsed: float) -> None:
         lengths = [e.length for e in batch]
+        padded = len(batch) * max(lengths)
         st = self.stats
         st.batches += 1
         st.rows += len(batch)
         st.real_tokens += sum(lengths)
-        st.padded_tokens += len(batch) * max(lengths)
+        st.padded_tokens += padded
         st.forward_seconds += elapsed
+        metrics.BATCH_ROWS.observe(len(batch))
+        metrics.BATCH_FILL.observe(min(1.0, padded / self._settings.max_tokens))

@@ -19,6 +19,7 @@ from functools import partial
 
 import redis
 from celery import signals
+from prometheus_client import start_http_server
 
 from common import keys
 from common.jobs import JobStore
@@ -97,6 +98,8 @@ class WorkerProcess:
         self._heartbeat = threading.Thread(target=self._beat, name="loraq-heartbeat", daemon=True)
 
     def start(self) -> None:
+        if self.settings.worker.metrics_port:
+            start_http_server(self.settings.worker.metrics_port)
         self.batcher.start()
         for lora_id in self.settings.adapters.pinned:
             self.cache.pin(lora_id)

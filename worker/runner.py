@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import redis
 
-from common import keys
+from common import keys, metrics
 from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
 from common.jobs import JobStore, Transition
 from common.schemas import EncodeMessage
@@ -102,9 +102,12 @@ class JobRunner:
         if not claim.applied:
             log.info("skipping job %s: it is %s", job_id, claim.previous or "gone")
             return
+        if claim.attempts > 1:
+            metrics.REDELIVERIES.inc()
         if claim.attempts > self._max_deliveries:
             self._dead_letter(payload, claim.attempts)
             return
+        metrics.JOB_QUEUE_WAIT.labels(message.model).observe(self._clock() - message.enqueued_at)
         with self._lock:
             self.in_flight += 1
         try:
@@ -118,11 +121,11 @@ class JobRunner:
         try:
             output, lease = self._compute(message)
         except LoraqError as exc:
-            self._fail(job_id, exc)
+            self._fail(message, exc)
             return
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            self._fail(job_id, WorkerError(f"worker error: {type(exc).__name__}: {exc}"))
+            self._fail(message, WorkerError(f"worker error: {type(exc).__name__}: {exc}"))
             return
         fields = {
             "dims": output.vectors.shape[1],
@@ -131,19 +134,27 @@ class JobRunner:
             "adapter_hash": lease.content_hash if lease else None,
         }
         data = np.ascontiguousarray(output.vectors, dtype="<f4").tobytes()
-        self._finished(
-            with_redis_retries(lambda: self._store.succeed(job_id, self._clock(), data, fields))
+        outcome = with_redis_retries(
+            lambda: self._store.succeed(job_id, self._clock(), data, fields)
         )
+        metrics.JOB_INFERENCE.labels(message.model).observe(output.inference_ms / 1000)
+        self._finished(message, outcome, "succeeded", "")
 
-    def _fail(self, job_id: str, error: LoraqError) -> None:
-        self._finished(
-            with_redis_retries(
-                lambda: self._store.fail(job_id, self._clock(), error.code, error.message)
-            )
+    def _fail(self, message: EncodeMessage, error: LoraqError) -> None:
+        outcome = with_redis_retries(
+            lambda: self._store.fail(message.job_id, self._clock(), error.code, error.message)
         )
+        self._finished(message, outcome, "failed", error.code)
 
-    def _finished(self, outcome: Transition) -> None:
-        """Kick the webhook delivery now; if this publish is lost, the outbox sweep sends it."""
+    def _finished(
+        self, message: EncodeMessage, outcome: Transition, status: str, reason: str
+    ) -> None:
+        """Count the outcome (if this delivery set it), and kick the webhook delivery now; if
+        this publish is lost, the outbox sweep sends it."""
+        if not outcome.applied:
+            return
+        metrics.JOBS_FINISHED.labels(message.model, status, reason).inc()
+        metrics.JOB_TOTAL.labels(message.model).observe(self._clock() - message.enqueued_at)
         if outcome.webhook_due:
             try:
                 self._on_webhook_due(outcome.job_id)
@@ -153,7 +164,9 @@ class JobRunner:
                 )
 
     def _dead_letter(self, payload: dict[str, Any], attempts: int) -> None:
-        job_id = payload["job_id"]
+        metrics.DEAD_LETTERS.inc()
+        message = EncodeMessage.model_validate(payload)
+        job_id = message.job_id
         error = RedeliveryLimit(
             f"job {job_id} was delivered {attempts} times (limit {self._max_deliveries}); "
             "workers kept dying on it, so it was moved to the dead-letter list"
@@ -171,7 +184,7 @@ class JobRunner:
                 pipe.execute()
 
         with_redis_retries(write)
-        self._fail(job_id, error)
+        self._fail(message, error)
 
     def _compute(self, message: EncodeMessage) -> tuple[JobOutput, Lease | None]:
         if message.model != self._engine.model_id:

@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from common import keys
+from common import keys, metrics
 from common.jobs import JobStore
 from common.schemas import EncodeMessage
 
@@ -57,4 +57,5 @@ class Sweeper:
         if count:
             log.warning("published %d overdue job(s) again", count)
             self.republished += count
+            metrics.REPUBLISHED.inc(count)
         return count

@@ -15,6 +15,7 @@ from functools import partial
 
 import redis
 from celery import Celery, signals
+from prometheus_client import start_http_server
 
 from common import keys
 from common.jobs import JobStore
@@ -63,6 +64,8 @@ class WebhookWorker:
                 log.warning("outbox sweep failed: %s", exc)
 
     def run(self) -> None:
+        if self.settings.webhooks.metrics_port:
+            start_http_server(self.settings.webhooks.metrics_port)
         signals.worker_shutdown.connect(lambda **_: self._stop.set(), weak=False)
         self._thread.start()
         self.app.worker_main(

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from common import keys
+from common import keys, metrics
 from common.errors import WebhookUrlForbidden
 from common.job_view import job_json, job_view
 from common.jobs import JobStore
@@ -154,6 +154,7 @@ class WebhookSender:
             "webhook_next_attempt_at": next_at,
         }
         self._store.record_webhook(job.id, fields, next_at)
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome.result).inc()
         log.info(
             "webhook for %s: attempt %d %s %s", job.id, attempt, outcome.result, outcome.error or ""
         )

@@ -18,6 +18,7 @@ from api.state import Gateway
 from api.submit import new_job_id, submit
 from common.errors import JobNotCancellable, JobNotFound, LoraqError
 from common.job_view import job_json, job_view
+from common.metrics import JOBS_FINISHED
 from common.queueing import publish_webhook
 from common.schemas import ErrorBody, JobCreated, JobRequest, StoredJob, iso
 
@@ -120,4 +121,5 @@ async def cancel_job(job_id: str, gw: GatewayDep, who: CallerDep) -> Response:
     if outcome.webhook_due:
         await to_thread.run_sync(publish_webhook, gw.celery, job_id)
     job = await owned_job(gw, who, job_id)
+    JOBS_FINISHED.labels(job.model, "cancelled", "").inc()
     return Response(job_json(job_view(job, None, job_url(job.id))), media_type="application/json")
