@@ -13,7 +13,8 @@ from common.settings import Settings
 from worker.tasks import Handler, register_tasks
 
 
-def make_worker_app(settings: Settings, runner: Handler) -> Celery:
+def make_consumer_app(settings: Settings) -> Celery:
+    """A Celery app configured to consume reliably (encode workers and the webhook worker)."""
     app = make_celery(settings)
     app.conf.update(
         # Ack only after the job's outcome is stored: a worker that dies mid-batch leaves its
@@ -33,5 +34,10 @@ def make_worker_app(settings: Settings, runner: Handler) -> Celery:
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
     )
+    return app
+
+
+def make_worker_app(settings: Settings, runner: Handler) -> Celery:
+    app = make_consumer_app(settings)
     register_tasks(app, runner)
     return app

@@ -19,23 +19,16 @@ from prometheus_client import start_http_server
 
 from common import keys
 from common.jobs import JobStore
-from common.queueing import make_celery, publish_webhook
+from common.queueing import publish_webhook
 from common.settings import Settings
+from worker.celery_app import make_consumer_app
 from worker.webhooks import OutboxSweeper, WebhookSender
 
 log = logging.getLogger(__name__)
 
 
 def make_webhook_app(settings: Settings, sender: WebhookSender) -> Celery:
-    app = make_celery(settings)
-    app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-    )
+    app = make_consumer_app(settings)
 
     @app.task(name=keys.TASK_WEBHOOK, acks_late=True, ignore_result=True, shared=False)  # type: ignore[untyped-decorator]
     def deliver(job_id: str) -> None:
