@@ -17,11 +17,10 @@ import openai
 import pytest
 
 from api.auth import new_key
-from common.settings import DEFAULT_MODEL_ID
-from loraq.stack import Stack, start_redis
+from loraq.stack import Stack
+from tests.e2e.tiny import MODEL, tiny_stack
 from tests.reference import save_random_adapter, save_tiny_model
 
-MODEL = DEFAULT_MODEL_ID
 KEYS: dict[str, str] = {}
 
 
@@ -34,7 +33,7 @@ def key_entry(tenant: str, **limits: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("tenancy")
-    model_dir = save_tiny_model(root / "model")
+    model_dir = save_tiny_model(root / "model")  # tiny_stack finds it there
     for i, org in enumerate(["acme", "globex"]):
         save_random_adapter(
             model_dir, root / "adapters" / f"{org}/a0", MODEL, seed=i, r=2, lora_alpha=4,
@@ -46,24 +45,12 @@ def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         key_entry("slowpoke", rate_per_s=0.2, burst=2),
         key_entry("smallfry", max_queued_items=3),
     ]
-    redis_proc, url = start_redis(root / "redis")
     env = {
-        "LORAQ_REDIS_URL": url,
-        "LORAQ_MODELS": json.dumps({MODEL: str(model_dir)}),
-        "LORAQ_ADAPTERS__DIR": str(root / "adapters"),
         "LORAQ_AUTH__KEYS": json.dumps(keys),
         "LORAQ_BATCH__MAX_WAIT_MS": "1500",
-        "LORAQ_WORKER__TORCH_THREADS": "1",
     }
-    stack = Stack(env=env, log_dir=root / "logs")
-    try:
-        stack.start_gateway()
-        stack.start_worker()
-        stack.wait_ready()
+    with tiny_stack(root, env) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis_proc.stop()
 
 
 def as_(tenant: str | None, stack: Stack) -> httpx.Client:

@@ -18,12 +18,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from common import keys
 from common.queueing import make_celery, publish
 from common.schemas import EncodeMessage
-from common.settings import DEFAULT_MODEL_ID, Settings
+from common.settings import Settings
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
+from tests.e2e.tiny import MODEL, tiny_stack
 from tests.receiver import Answer, Receiver
-from tests.reference import save_tiny_model
 
-MODEL = DEFAULT_MODEL_ID
 SECRET = "whsec_" + base64.b64encode(b"loraq-test-signing-secret-32byte").decode()
 
 
@@ -35,15 +34,8 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def hooks_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("webhooks")
-    model_dir = save_tiny_model(root / "model")
-    redis_proc, url = start_redis(root / "redis")
     env = {
         **LOCAL_DEV_ENV,
-        "LORAQ_REDIS_URL": url,
-        "LORAQ_MODELS": json.dumps({MODEL: str(model_dir)}),
-        "LORAQ_ADAPTERS__DIR": str(root / "adapters"),
-        "LORAQ_WORKER__TORCH_THREADS": "1",
         "LORAQ_WORKER__HEARTBEAT_S": "0.5",
         "LORAQ_WEBHOOKS__SECRET": SECRET,
         "LORAQ_WEBHOOKS__ALLOW_NETWORKS": '["127.0.0.0/8"]',
@@ -54,16 +46,8 @@ def hooks_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "LORAQ_WEBHOOKS__INLINE_RESULT_MAX_BYTES": "4096",
         "LORAQ_ROUTING__REFRESH_S": "0.2",
     }
-    stack = Stack(env=env, log_dir=root / "logs")
-    try:
-        stack.start_gateway()
-        stack.start_worker()
-        stack.start_webhooks()
-        stack.wait_ready()
+    with tiny_stack(tmp_path_factory.mktemp("webhooks"), env, webhooks=True) as stack:
         yield stack
-    finally:
-        stack.stop()
-        redis_proc.stop()
 
 
 @pytest.fixture

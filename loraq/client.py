@@ -1,0 +1,733 @@
+"""Python client for loraq: sync `LoraqClient` and async `AsyncLoraqClient`.
+
+Both clients share one sans-I/O core: every operation is a generator ("flow") that yields the
+HTTP calls it needs and receives their responses, so request building, retries, long-poll loops
+and response parsing exist once; each client only supplies a driver that performs a call with
+its own httpx client and sleeps with its own sleep.
+
+`encode` speaks SIE's wire format (msgpack, `dense` as a float32 numpy array), so code written
+for the SIE client (`[r["dense"] for r in client.encode(model, items, options={...})]`) runs
+unchanged against loraq with only the import changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeAlias, TypedDict, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgpack
+import msgpack_numpy
+import numpy as np
+import numpy.typing as npt
+import orjson
+from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError as _StandardWebhooksError
+
+__all__ = [
+    "APIConnectionError",
+    "AsyncJob",
+    "AsyncLoraqClient",
+    "AuthenticationError",
+    "EncodeResult",
+    "HasText",
+    "InvalidRequestError",
+    "InvalidResponseError",
+    "Item",
+    "ItemLike",
+    "Job",
+    "JobFailedError",
+    "JobTimeoutError",
+    "LoraqClient",
+    "LoraqError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "WebhookVerificationError",
+    "coerce_items",
+    "verify_webhook",
+]
+
+USER_AGENT = "loraq-client/0.1"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RETRIES = 5
+#: The gateway holds a long poll at most this long (`GET /v1/jobs/{id}?wait=`).
+MAX_WAIT_S = 60.0
+#: The gateway's default `LORAQ_SYNC_TIMEOUT_S`: a sync encode may be held this long before its
+#: answer, so the read timeout of that call is stretched by it.
+SYNC_HOLD_S = 60.0
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_MAX_S = 8.0
+#: Statuses the gateway answers before doing any work (queue full, quota, Redis down), with
+#: Retry-After: resending the same request later is what they ask for.
+_RETRY_STATUSES = frozenset({429, 503})
+_TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+_MSGPACK = "application/msgpack"
+_JSON = "application/json"
+
+
+# -- Errors --------------------------------------------------------------------------------------
+
+
+class LoraqError(Exception):
+    """Every failure the client reports; `code` is the gateway's stable error code (or one of
+    the client's own: CONNECTION_ERROR, INVALID_RESPONSE, JOB_CANCELLED, WEBHOOK_INVALID) and
+    `status` the HTTP status, None when no HTTP answer is behind it."""
+
+    def __init__(
+        self, code: str, status: int | None, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+        #: Seconds the gateway asked to wait before retrying (429/503), if it said.
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.code}{where}: {self.message}"
+
+
+class AuthenticationError(LoraqError):
+    """401: no API key, or not one the gateway knows."""
+
+
+class PermissionDeniedError(LoraqError):
+    """403: the API key may not use this adapter (its allowlist)."""
+
+
+class NotFoundError(LoraqError):
+    """404: unknown model, adapter or job, including another tenant's job."""
+
+
+class InvalidRequestError(LoraqError):
+    """Any other 4xx: the same request fails the same way again."""
+
+
+class RateLimitError(LoraqError):
+    """429 after the retries ran out: the queue is full or a per-key quota is used up."""
+
+
+class ServerError(LoraqError):
+    """5xx (503 after the retries ran out)."""
+
+
+class APIConnectionError(LoraqError):
+    """No HTTP answer: the gateway could not be reached, or the connection broke."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("CONNECTION_ERROR", None, message)
+
+
+class InvalidResponseError(LoraqError):
+    """The gateway answered something this client cannot read (e.g. a proxy's page)."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__("INVALID_RESPONSE", status, message)
+
+
+class JobFailedError(LoraqError):
+    """The job ended `failed` (`code` is the job's error code, e.g. ADAPTER_NOT_FOUND) or
+    `cancelled` (code JOB_CANCELLED); `view` is the job as the gateway last showed it."""
+
+    def __init__(self, code: str, message: str, job_id: str, view: Mapping[str, Any]) -> None:
+        super().__init__(code, None, message)
+        self.job_id = job_id
+        self.view = dict(view)
+
+
+class JobTimeoutError(LoraqError):
+    """The job did not finish in time: a sync encode the gateway stopped waiting for (HTTP
+    504), or `Job.wait(timeout)` running out. The job goes on; `job_id` can be waited on."""
+
+    def __init__(self, message: str, job_id: str | None, status: int | None = None) -> None:
+        super().__init__("JOB_TIMEOUT", status, message)
+        self.job_id = job_id
+
+
+class WebhookVerificationError(LoraqError):
+    """A webhook whose signature, timestamp or body does not check out: do not trust it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("WEBHOOK_INVALID", None, message)
+
+
+_BY_STATUS: dict[int, type[LoraqError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _error_from_response(response: httpx.Response) -> LoraqError:
+    """The typed error for an error answer; the body's code wins over the header's, and a body
+    that is not loraq's (a proxy's HTML page) still gives an error with its status."""
+    status = response.status_code
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    code = str(error.get("code") or response.headers.get("x-sie-error-code") or f"HTTP_{status}")
+    message = str(error.get("message") or response.text[:500] or response.reason_phrase)
+    if code == "JOB_TIMEOUT":
+        job_id = error.get("job_id")
+        return JobTimeoutError(message, str(job_id) if job_id else None, status)
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else InvalidRequestError)
+    return cls(code, status, message, _retry_after(response))
+
+
+# -- Items and results ---------------------------------------------------------------------------
+
+
+class Item(TypedDict, total=False):
+    """SIE's `Item`, for code moving off sie-sdk: `Item(text=d)` works after changing only the
+    import line. Any mapping with "text", object with `.text`, or plain string is accepted too."""
+
+    id: str
+    text: str
+
+
+class EncodeResult(TypedDict, total=False):
+    """One encoded item, as the SIE client returns it: `id` only when the item had one."""
+
+    id: str
+    dense: npt.NDArray[np.float32]
+
+
+class HasText(Protocol):
+    """Any item object with a `text` (and optionally an `id`) attribute, e.g. a dataclass."""
+
+    @property
+    def text(self) -> str: ...
+
+
+ItemLike: TypeAlias = str | Mapping[str, object] | HasText
+
+
+def coerce_items(items: Iterable[ItemLike]) -> list[dict[str, str]]:
+    """Items as the wire wants them. SIE's `Item` is a TypedDict in some versions and a
+    dataclass in others, so mappings and objects with attributes are both read."""
+    if isinstance(items, str | bytes | Mapping):
+        raise TypeError("items must be a list of items, not a single item")
+    out = []
+    for i, item in enumerate(items):
+        text: object
+        item_id: object
+        if isinstance(item, str):
+            text, item_id = item, None
+        elif isinstance(item, Mapping):
+            text, item_id = item.get("text"), item.get("id")
+        else:
+            text, item_id = getattr(item, "text", None), getattr(item, "id", None)
+        if not isinstance(text, str):
+            raise TypeError(f"item {i} has no text: {item!r:.200}")
+        out.append({"text": text} if item_id is None else {"id": str(item_id), "text": text})
+    return out
+
+
+def _encode_results(response: httpx.Response, n_items: int) -> list[EncodeResult]:
+    try:
+        body = msgpack.unpackb(response.content, object_hook=msgpack_numpy.decode, raw=False)
+        results = []
+        for item in body["items"]:
+            result = EncodeResult(dense=np.asarray(item["dense"]["values"], dtype=np.float32))
+            if item.get("id") is not None:
+                result["id"] = item["id"]
+            results.append(result)
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise InvalidResponseError(
+            response.status_code, f"unreadable encode answer: {exc!r}"
+        ) from exc
+    if len(results) != n_items:
+        raise InvalidResponseError(
+            response.status_code, f"{len(results)} results for {n_items} items"
+        )
+    return results
+
+
+def _job_view(response: httpx.Response) -> dict[str, Any]:
+    try:
+        view = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidResponseError(response.status_code, f"unreadable job: {exc}") from exc
+    if not isinstance(view, dict) or not isinstance(view.get("id"), str):
+        raise InvalidResponseError(response.status_code, "the answer is not a job")
+    return view
+
+
+# -- The sans-I/O core ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One HTTP exchange a flow asks its driver for."""
+
+    method: str
+    path: str
+    content: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] | None = None
+    #: How long the gateway may legitimately hold this request (long poll, sync encode).
+    hold_s: float = 0.0
+    #: Whether a request that may already have reached the gateway can be sent again harmlessly.
+    idempotent: bool = True
+    #: The driver sleeps this long before sending (retry backoff, Retry-After).
+    delay_s: float = 0.0
+
+
+_T = TypeVar("_T")
+#: A flow yields calls and is sent each call's response (or thrown its transport error).
+_Flow: TypeAlias = Generator[_Call, httpx.Response, _T]
+
+
+@dataclass(frozen=True)
+class _Done(Generic[_T]):
+    value: _T
+
+
+def _advance(
+    flow: _Flow[_T], outcome: httpx.Response | httpx.RequestError | None
+) -> _Call | _Done[_T]:
+    """Feed a flow the outcome of its last call; its next call, or its result."""
+    try:
+        if outcome is None:
+            return next(flow)
+        if isinstance(outcome, httpx.Response):
+            return flow.send(outcome)
+        return flow.throw(outcome)
+    except StopIteration as stop:
+        return _Done(stop.value)
+
+
+def _never_sent(exc: httpx.RequestError) -> bool:
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+class _Core:
+    """Configuration and every flow; the two clients add only their drivers."""
+
+    def __init__(
+        self, base_url: str, api_key: str | None, timeout: float, max_retries: int
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._headers = {"user-agent": USER_AGENT}
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+
+    def _request_args(self, call: _Call) -> dict[str, Any]:
+        return {
+            "method": call.method,
+            "url": self.base_url + call.path,
+            "content": call.content,
+            "params": call.params,
+            "headers": {**self._headers, **call.headers},
+            "timeout": httpx.Timeout(self.timeout, read=self.timeout + call.hold_s),
+        }
+
+    def _backoff(self, attempt: int) -> float:
+        cap: float = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0**attempt)
+        return cap * random.uniform(0.5, 1.0)
+
+    def _exchange(self, call: _Call) -> _Flow[httpx.Response]:
+        """One call with retries: 429/503 after Retry-After (else backoff); transport errors
+        after backoff when the request cannot have reached the gateway, or may be resent."""
+        attempt = 0
+        while True:
+            last = attempt >= self.max_retries
+            try:
+                response = yield call
+            except httpx.RequestError as exc:
+                if last or not (_never_sent(exc) or call.idempotent):
+                    where = f"{call.method} {self.base_url}{call.path}"
+                    raise APIConnectionError(f"{where}: {exc!r}") from exc
+                call = replace(call, delay_s=self._backoff(attempt))
+            else:
+                if response.status_code not in _RETRY_STATUSES or last:
+                    if response.is_error:
+                        raise _error_from_response(response)
+                    return response
+                wait = _retry_after(response)
+                call = replace(call, delay_s=self._backoff(attempt) if wait is None else wait)
+            attempt += 1
+
+    def _encode_flow(
+        self, model: str, items: Iterable[ItemLike], options: Mapping[str, object] | None
+    ) -> _Flow[list[EncodeResult]]:
+        payload = coerce_items(items)
+        body: dict[str, Any] = {"items": payload}
+        if options:
+            body["params"] = {"options": dict(options)}
+        call = _Call(
+            "POST",
+            f"/v1/encode/{quote(model, safe='/')}",
+            content=msgpack.packb(body, use_bin_type=True),
+            headers={"content-type": _MSGPACK, "accept": _MSGPACK},
+            hold_s=SYNC_HOLD_S,
+            # Resending after a read timeout would queue the same work twice while the
+            # gateway is busiest; only requests that never left are resent.
+            idempotent=False,
+        )
+        response = yield from self._exchange(call)
+        return _encode_results(response, len(payload))
+
+    def _submit_flow(
+        self,
+        model: str,
+        items: Iterable[ItemLike],
+        options: Mapping[str, object] | None,
+        webhook: str | Mapping[str, object] | None,
+        idempotency_key: str | None,
+    ) -> _Flow[dict[str, Any]]:
+        body: dict[str, Any] = {
+            "model": model,
+            "items": coerce_items(items),
+            "params": {"options": dict(options or {})},
+        }
+        if webhook is not None:
+            body["webhook"] = {"url": webhook} if isinstance(webhook, str) else dict(webhook)
+        # The key makes the POST safe to resend: a retry gets the job the first try created.
+        key = idempotency_key or uuid.uuid4().hex
+        headers = {"content-type": _JSON, "idempotency-key": key}
+        call = _Call("POST", "/v1/jobs", content=orjson.dumps(body), headers=headers)
+        return _job_view((yield from self._exchange(call)))
+
+    def _get_flow(self, job_id: str, hold_s: float = 0.0) -> _Flow[dict[str, Any]]:
+        params = {"wait": f"{hold_s:.3f}"} if hold_s > 0 else None
+        call = _Call("GET", f"/v1/jobs/{quote(job_id, safe='')}", params=params, hold_s=hold_s)
+        return _job_view((yield from self._exchange(call)))
+
+    def _wait_flow(self, view: dict[str, Any], timeout: float | None) -> _Flow[dict[str, Any]]:
+        """Long polls until the job is terminal; each poll is held by the gateway, so waiting
+        costs one request a minute rather than a busy loop."""
+        job_id = view["id"]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while view["status"] not in _TERMINAL:
+            left = MAX_WAIT_S if deadline is None else deadline - time.monotonic()
+            view = yield from self._get_flow(job_id, min(MAX_WAIT_S, max(0.0, left)))
+            late = deadline is not None and time.monotonic() >= deadline
+            if late and view["status"] not in _TERMINAL:
+                raise JobTimeoutError(
+                    f"job {job_id} is still {view['status']} after {timeout}s", job_id
+                )
+        return view
+
+    def _cancel_flow(self, job_id: str) -> _Flow[dict[str, Any]]:
+        # Not resent after a lost answer: a second DELETE of a job the first one cancelled
+        # would turn that success into 409 JOB_NOT_CANCELLABLE.
+        call = _Call("DELETE", f"/v1/jobs/{quote(job_id, safe='')}", idempotent=False)
+        return _job_view((yield from self._exchange(call)))
+
+
+# -- Jobs ----------------------------------------------------------------------------------------
+
+
+class _JobState:
+    """What a job handle knows, from the gateway's last view of it (`data`)."""
+
+    def __init__(self, view: Mapping[str, Any]) -> None:
+        self._set(view)
+
+    def _set(self, view: Mapping[str, Any]) -> None:
+        self.data: dict[str, Any] = dict(view)
+        result = view.get("result")
+        self._ids: list[str | None] = []
+        self._vectors: npt.NDArray[np.float32] | None = None
+        if result is not None:
+            rows = result["items"]
+            self._ids = [row.get("id") for row in rows]
+            self._vectors = np.asarray([row["dense"] for row in rows], dtype=np.float32)
+
+    @property
+    def id(self) -> str:
+        job_id: str = self.data["id"]
+        return job_id
+
+    @property
+    def status(self) -> str:
+        status: str = self.data["status"]
+        return status
+
+    @property
+    def done(self) -> bool:
+        return self.status in _TERMINAL
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        error: dict[str, str] | None = self.data.get("error")
+        return error
+
+    @property
+    def vectors(self) -> npt.NDArray[np.float32]:
+        """One float32 row per item, in input order."""
+        if self._vectors is None:
+            self._raise_if_failed()
+            raise LoraqError(
+                "JOB_NOT_FINISHED", None, f"job {self.id} is {self.status}; wait() for it first"
+            )
+        return self._vectors
+
+    @property
+    def items(self) -> list[EncodeResult]:
+        """The results in `encode`'s shape, so code can take either path."""
+        results = []
+        for item_id, row in zip(self._ids, self.vectors, strict=True):
+            result = EncodeResult(dense=row)
+            if item_id is not None:
+                result["id"] = item_id
+            results.append(result)
+        return results
+
+    def _raise_if_failed(self) -> None:
+        if self.status not in ("failed", "cancelled"):
+            return
+        error = self.error or {}
+        code = error.get("code") or "JOB_CANCELLED"
+        message = error.get("message") or f"job {self.id} was {self.status}"
+        raise JobFailedError(code, message, self.id, self.data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, status={self.status!r})"
+
+
+class Job(_JobState):
+    """A submitted job, bound to the `LoraqClient` that made it."""
+
+    def __init__(self, client: LoraqClient, view: Mapping[str, Any]) -> None:
+        super().__init__(view)
+        self._client = client
+
+    def refresh(self) -> Self:
+        self._set(self._client._run(self._client._get_flow(self.id)))
+        return self
+
+    def wait(self, timeout: float | None = None) -> Self:
+        """Until the job is terminal (`timeout` seconds at most, else `JobTimeoutError`);
+        raises `JobFailedError` if it failed or was cancelled."""
+        self._set(self._client._run(self._client._wait_flow(self.data, timeout)))
+        self._raise_if_failed()
+        return self
+
+    def cancel(self) -> Self:
+        self._set(self._client._run(self._client._cancel_flow(self.id)))
+        return self
+
+
+class AsyncJob(_JobState):
+    """A submitted job, bound to the `AsyncLoraqClient` that made it."""
+
+    def __init__(self, client: AsyncLoraqClient, view: Mapping[str, Any]) -> None:
+        super().__init__(view)
+        self._client = client
+
+    async def refresh(self) -> Self:
+        self._set(await self._client._run(self._client._get_flow(self.id)))
+        return self
+
+    async def wait(self, timeout: float | None = None) -> Self:
+        """As `Job.wait`."""
+        self._set(await self._client._run(self._client._wait_flow(self.data, timeout)))
+        self._raise_if_failed()
+        return self
+
+    async def cancel(self) -> Self:
+        self._set(await self._client._run(self._client._cancel_flow(self.id)))
+        return self
+
+
+# -- Webhooks ------------------------------------------------------------------------------------
+
+
+def verify_webhook(headers: Mapping[str, str], body: bytes | str, secret: str) -> dict[str, Any]:
+    """The event of a loraq webhook (`{"type": "job.succeeded", "timestamp", "data": job}`)
+    once its Standard Webhooks signature and timestamp (5 minutes' tolerance, against replays)
+    check out. Pass the raw body bytes: a re-serialized body no longer matches its signature.
+    A malformed secret raises ValueError, since that is the receiver's bug, not the sender's."""
+    signer = Webhook(secret)
+    try:
+        event = signer.verify(body, {k.lower(): v for k, v in headers.items()})
+    except (_StandardWebhooksError, ValueError) as exc:
+        raise WebhookVerificationError(f"invalid webhook: {exc}") from exc
+    if not isinstance(event, dict):
+        raise WebhookVerificationError("invalid webhook: the body is not an event object")
+    return event
+
+
+# -- Clients -------------------------------------------------------------------------------------
+
+
+class LoraqClient(_Core):
+    """Blocking client. `http_client` lets you bring your own (proxies, TLS, tests); `sleep`
+    is what retries wait with."""
+
+    verify_webhook = staticmethod(verify_webhook)
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        *,
+        http_client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client()
+        self._sleep = sleep
+
+    def _run(self, flow: _Flow[_T]) -> _T:
+        step = _advance(flow, None)
+        while isinstance(step, _Call):
+            if step.delay_s > 0:
+                self._sleep(step.delay_s)
+            outcome: httpx.Response | httpx.RequestError
+            try:
+                outcome = self._http.request(**self._request_args(step))
+            except httpx.RequestError as exc:
+                outcome = exc
+            step = _advance(flow, outcome)
+        return step.value
+
+    def encode(
+        self,
+        model: str,
+        items: Iterable[ItemLike],
+        options: Mapping[str, object] | None = None,
+    ) -> list[EncodeResult]:
+        """One result per item, in order, through the sync endpoint (waits for the batch).
+        Raises `JobTimeoutError` (with `job_id`, to wait on) if the gateway stops waiting."""
+        return self._run(self._encode_flow(model, items, options))
+
+    def submit(
+        self,
+        model: str,
+        items: Iterable[ItemLike],
+        options: Mapping[str, object] | None = None,
+        webhook: str | Mapping[str, object] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Queue a job and return at once. `webhook`: a URL, or {"url", "events"}. Without an
+        `idempotency_key` a fresh one is made, so retries of this call never make two jobs."""
+        flow = self._submit_flow(model, items, options, webhook, idempotency_key)
+        return Job(self, self._run(flow))
+
+    def get(self, job_id: str) -> Job:
+        return Job(self, self._run(self._get_flow(job_id)))
+
+    def cancel(self, job_id: str) -> Job:
+        return Job(self, self._run(self._cancel_flow(job_id)))
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncLoraqClient(_Core):
+    """asyncio client; the same operations as `LoraqClient`, awaited."""
+
+    verify_webhook = staticmethod(verify_webhook)
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, max_retries)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient()
+        self._sleep = sleep
+
+    async def _run(self, flow: _Flow[_T]) -> _T:
+        step = _advance(flow, None)
+        while isinstance(step, _Call):
+            if step.delay_s > 0:
+                await self._sleep(step.delay_s)
+            outcome: httpx.Response | httpx.RequestError
+            try:
+                outcome = await self._http.request(**self._request_args(step))
+            except httpx.RequestError as exc:
+                outcome = exc
+            step = _advance(flow, outcome)
+        return step.value
+
+    async def encode(
+        self,
+        model: str,
+        items: Iterable[ItemLike],
+        options: Mapping[str, object] | None = None,
+    ) -> list[EncodeResult]:
+        """As `LoraqClient.encode`."""
+        return await self._run(self._encode_flow(model, items, options))
+
+    async def submit(
+        self,
+        model: str,
+        items: Iterable[ItemLike],
+        options: Mapping[str, object] | None = None,
+        webhook: str | Mapping[str, object] | None = None,
+        idempotency_key: str | None = None,
+    ) -> AsyncJob:
+        """As `LoraqClient.submit`."""
+        flow = self._submit_flow(model, items, options, webhook, idempotency_key)
+        return AsyncJob(self, await self._run(flow))
+
+    async def get(self, job_id: str) -> AsyncJob:
+        return AsyncJob(self, await self._run(self._get_flow(job_id)))
+
+    async def cancel(self, job_id: str) -> AsyncJob:
+        return AsyncJob(self, await self._run(self._cancel_flow(job_id)))
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
