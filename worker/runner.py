@@ -8,8 +8,8 @@ thread (which owns the forward pass) and the adapter cache. Reliability rules, e
 - A job delivered more than `max_deliveries` times (its workers kept dying on it) is failed with
   `REDELIVERY_LIMIT` and its message copied to the dead-letter list, instead of killing workers
   forever.
-- Redis errors while claiming or storing are retried briefly, then surface as `RetryLater`: the
-  message is not acked, so the broker delivers it again once Redis is back.
+- Redis errors while claiming or storing are retried briefly (`worker.retries`), then surface as
+  `RetryLater`: the message is not acked, so the broker delivers it again once Redis is back.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
-import redis
 
 from common import keys, metrics
 from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
@@ -31,16 +30,12 @@ from common.jobs import JobStore, Transition
 from common.schemas import EncodeMessage
 from worker.adapter_cache import Lease
 from worker.batcher import JobOutput, Row
+from worker.retries import with_redis_retries
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 #: The dead-letter list keeps this many most recent entries.
 DEAD_LETTER_KEEP = 10_000
-
-
-class RetryLater(Exception):
-    """Leave the message unacked; the broker will deliver it again."""
 
 
 class Tokenizer(Protocol):
@@ -54,20 +49,6 @@ class Leases(Protocol):
     def acquire(self, lora_id: str, timeout: float | None = None) -> Lease: ...
 
     def release(self, lease: Lease) -> None: ...
-
-
-def with_redis_retries(fn: Callable[[], T], attempts: int = 5, first_delay: float = 0.2) -> T:
-    delay = first_delay
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except redis.RedisError as exc:
-            if attempt == attempts - 1:
-                raise RetryLater(f"redis unavailable: {exc}") from exc
-            log.warning("redis error (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
 
 
 class JobRunner:

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from common import keys
-from worker.runner import RetryLater
+from worker.retries import RetryLater
 
 
 class Handler(Protocol):

@@ -82,6 +82,30 @@ class Cluster:
                 j: (s or b"missing").decode() for j, s in zip(job_ids, pipe.execute(), strict=True)
             }
 
+    def outcomes(self, job_ids: list[str]) -> Counter[str]:
+        """How many jobs are in each status, failures by error code."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), ["status", "error_code"])
+            replies = pipe.execute()
+        return Counter(
+            (status or b"missing").decode() + (f" {code.decode()}" if code else "")
+            for status, code in replies
+        )
+
+    def wait_all_succeeded(self, job_ids: list[str], timeout: float) -> None:
+        """Wait until no job is queued or running, then require that every one succeeded."""
+
+        def settled() -> bool:
+            counts = self.outcomes(job_ids)
+            return counts["queued"] + counts["running"] == 0
+
+        try:
+            wait_until(settled, timeout, "every job to finish", interval=0.5)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}: {dict(self.outcomes(job_ids))}") from None
+        assert self.outcomes(job_ids) == {"succeeded": len(job_ids)}
+
     def job(self, job_id: str) -> dict[str, Any]:
         return decode_job(self.r.hgetall(keys.job(job_id))).model_dump()
 
@@ -239,7 +263,7 @@ def test_sigterm_under_load_hands_over_and_finishes(cluster: Callable[..., Clust
         )
         assert victim.popen.wait(60) == 0, victim.log_tail()
         job_ids += [submit(client, 1000 + i) for i in range(50)]
-        wait_until(lambda: all(s == "succeeded" for s in c.statuses(job_ids).values()), 120, "all")
+        c.wait_all_succeeded(job_ids, 120)
     theirs = [j for j in job_ids if c.job(j)["worker"] == victim_id]
     assert theirs, "the terminated worker had taken jobs"
 
@@ -302,11 +326,10 @@ def test_redis_restart_with_aof_loses_no_accepted_job(cluster: Callable[..., Clu
     wait_until(lambda: len(accepted) >= before + 100, 60, "load after the restart")
     stop.set()
     feeder.join(30)
-    wait_until(
-        lambda: all(s == "succeeded" for s in c.statuses(accepted).values()), 120,
-        "every accepted job to succeed", interval=0.5,
-    )  # fmt: skip
+    c.wait_all_succeeded(accepted, 120)
     assert set(refused) <= {0, 503}, refused
+    dead = [w.log_tail() for w in c.stack.workers if not w.alive]
+    assert not dead, f"workers must reconnect, not exit: {dead}"
 
 
 def test_routing_prefers_warm_worker_and_bounds_loads(cluster: Callable[..., Cluster]) -> None:
