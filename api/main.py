@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from api.auth import RateLimiter
 from api.errors import install_error_handlers
 from api.idempotency import Idempotency
+from api.publisher import Publisher
 from api.routes import embeddings, encode, health, jobs, workers
 from api.routing_table import RoutingTable
 from api.state import Gateway
@@ -30,18 +31,18 @@ def create_app(settings: Settings) -> FastAPI:
         routing = RoutingTable(client, settings)
         waiter.on_done.append(routing.completed)
         await routing.start()
-        celery = make_celery(settings)
+        publisher = Publisher(make_celery(settings))
         rate = RateLimiter(client)
         idempotency = Idempotency(client, store, settings.auth.idempotency_ttl_s)
         app.state.gateway = Gateway(
-            settings, client, store, celery, waiter, routing, rate, idempotency
+            settings, client, store, publisher, waiter, routing, rate, idempotency
         )
         try:
             yield
         finally:
             await routing.stop()
             await waiter.stop()
-            celery.close()
+            publisher.close()
             await client.aclose()
 
     app = FastAPI(title="loraq", version="0.1.0", lifespan=lifespan)

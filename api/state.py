@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from celery import Celery
 from tokenizers import Tokenizer
 
 from api.auth import RateLimiter
 from api.idempotency import Idempotency
+from api.publisher import Publisher
 from api.routing_table import RoutingTable
 from api.waiter import CompletionWaiter
 from common.jobs import AsyncJobStore
@@ -27,7 +27,7 @@ class Gateway:
     settings: Settings
     redis: aioredis.Redis
     store: AsyncJobStore
-    celery: Celery
+    publisher: Publisher
     waiter: CompletionWaiter
     routing: RoutingTable
     rate: RateLimiter

@@ -27,7 +27,6 @@ from common.errors import (
 )
 from common.metrics import JOBS_FINISHED, JOBS_SUBMITTED
 from common.model_files import check_not_truncated
-from common.queueing import publish
 from common.schemas import (
     EncodeMessage,
     EncodeRequest,
@@ -138,7 +137,7 @@ async def submit(
         )
     route = gw.routing.route(model, options.lora_id, job.id)
     try:
-        await to_thread.run_sync(publish, gw.celery, message, route.queue)
+        await gw.publisher.encode(message, route.queue)
     except Exception as exc:
         log.exception("publishing job %s failed", job.id)
         error = QueueUnavailable(f"the job queue is unavailable: {exc}")

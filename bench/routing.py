@@ -686,11 +686,13 @@ def main() -> None:
     print_table(results)
     loraq, rr = results["loraq"], results["round_robin"]
     ratio = loraq.loads_per_1000_jobs / rr.loads_per_1000_jobs
+    reference = reference_static_loads(cfg, make_workload(cfg))
     out: dict[str, Any] = {
         "bench": "routing",
         **flat(results),
         "loads_vs_round_robin": round(ratio, 3),
-        "reference_static_loads_per_1000_jobs": reference_static_loads(cfg, make_workload(cfg)),
+        "reference_static_loads_per_1000_jobs": reference,
+        "reference_static_vs_round_robin": round(reference / rr.loads_per_1000_jobs, 3),
         "target_loads_met": ratio <= 0.25,
         "target_balance_met": loraq.max_mean_backlog <= 1.25,
         "sim_s": round(time.perf_counter() - started, 1),

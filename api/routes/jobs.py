@@ -6,7 +6,6 @@ import re
 import time
 from typing import Annotated, Any
 
-from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 
@@ -19,7 +18,6 @@ from api.submit import new_job_id, submit
 from common.errors import JobNotCancellable, JobNotFound, LoraqError
 from common.job_view import job_json, job_view
 from common.metrics import JOBS_FINISHED
-from common.queueing import publish_webhook
 from common.schemas import ErrorBody, JobCreated, JobRequest, StoredJob, iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -119,7 +117,7 @@ async def cancel_job(job_id: str, gw: GatewayDep, who: CallerDep) -> Response:
     if not outcome.applied:
         raise JobNotCancellable(f"job {job_id} is already {outcome.previous}")
     if outcome.webhook_due:
-        await to_thread.run_sync(publish_webhook, gw.celery, job_id)
+        await gw.publisher.webhook(job_id)
     job = await owned_job(gw, who, job_id)
     JOBS_FINISHED.labels(job.model, "cancelled", "").inc()
     return Response(job_json(job_view(job, None, job_url(job.id))), media_type="application/json")
