@@ -109,7 +109,7 @@ async def run_stack(url: str, jobs: Jobs, wait_s: float) -> tuple[float, list[fl
     """Submit every job (`SUBMITS` at a time), then wait for them in submission order with one
     long poll at a time. Jobs finish roughly in that order, so the run ends when the last one is
     done, and the harness spends little CPU of its own (100 long polls at once cost the client
-    more CPU than the gateway spends, and on a 2-core machine that CPU is the worker's)."""
+    nearly as much CPU as the gateway spends, and on a 2-core machine that CPU is the worker's)."""
     gate = asyncio.Semaphore(SUBMITS)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
 
