@@ -1,8 +1,10 @@
 """Which queue a job goes to: adapter affinity with bounded loads.
 
-A job for adapter X goes to a live worker that has X warm if one is under the load cap; else to
-X's rendezvous-hash choice among live workers, walking down that worker order past any worker at
-the cap (consistent hashing with bounded loads). The cap is `ceil((1 + epsilon) x mean load)`
+A job for adapter X goes to the least loaded live worker that has X warm, if one is under the
+load cap (so the load of an adapter warm on several workers spreads over them, and leaves room
+on each for the adapters only it has warm); else to X's rendezvous-hash choice among live
+workers, walking down that worker order past any worker at the cap (consistent hashing with
+bounded loads). The cap is `ceil((1 + epsilon) x mean load)`
 counting the job being placed, so no worker is sent work above (1 + epsilon) x the mean; a hot
 adapter spills to its next workers, which then warm it too. Base-model jobs go to the least loaded
 worker. With no live worker, jobs go to the model's shared queue, which every worker consumes.
@@ -118,9 +120,9 @@ class Router:
             worker = min(self._workers, key=lambda w: (loads[w.id], stable_hash(job_id, w.id)))
             return self._place(worker, job_id, job_id, "base")
         order = sorted(self._workers, key=lambda w: stable_hash(lora_id, w.id), reverse=True)
-        for worker in order:
-            if lora_id in worker.warm and loads[worker.id] + 1 <= cap:
-                return self._place(worker, job_id, lora_id, "warm")
+        warm = [w for w in order if lora_id in w.warm and loads[w.id] + 1 <= cap]
+        if warm:
+            return self._place(min(warm, key=lambda w: loads[w.id]), job_id, lora_id, "warm")
         for rank, worker in enumerate(order):
             if loads[worker.id] + 1 <= cap:
                 reason = "affinity" if rank == 0 else "spill"

@@ -11,17 +11,21 @@ Model (one tick = the time a worker takes to serve one job; `tick_s` = 10 ms by 
 - Jobs arrive as a Poisson process at `utilisation` x the workers' job capacity (default 0.85:
   6.8 jobs/tick for 8 workers). Adapters are Zipf(s) over `adapters` ids; `base_share` of jobs
   use the base model (lora_id None: never a load).
-- Each worker serves its FIFO queue one job at a time. A job whose adapter is not in the worker's
-  LRU of `slots` adapters counts one adapter LOAD, evicts the least recently used adapter, and
-  takes `load_cost` jobs' worth of extra service (default 0.5: bench/results/cpu.json measured a
-  cold load at ~4 ms p50 against ~8 ms for a 2-text job on CPU; on a GPU a load costs relatively
-  more, try `--load-cost 2`). So loads eat capacity: `utilisation` below shows by how much.
-- Like the gateway: workers write heartbeats (`WorkerView`: shard queues, warm = LRU contents,
+- Each worker serves its FIFO queue one job at a time. A job whose adapter is not among the
+  worker's `slots` warm adapters counts one adapter LOAD, evicts one (the worker's real eviction
+  policy, `worker.eviction.UseCounts`, with `use_halflife`; `--eviction lru`: least recently
+  used), and takes `load_cost` jobs' worth of extra service (default 0.5: bench/results/cpu.json
+  measured a cold load at ~4 ms p50 against ~8 ms for a 2-text job on CPU; on a GPU a load costs
+  relatively more, try `--load-cost 2`). So loads eat capacity: `utilisation` below shows how
+  much.
+- Like the gateway: workers write heartbeats (`WorkerView`: shard queues, warm = slot contents,
   backlog = queued + in service, seen_at) every `heartbeat` ticks (2 s, phases staggered); the
   router gets the latest heartbeats every `refresh` ticks (0.5 s) and hears every completion.
   `loraq_fresh` is the same router fed views read at each update (heartbeat 0): exact backlogs.
-- Baselines through the same loop: round-robin (job i -> worker i mod n) and plain hashing
-  (`stable_hash(lora_id) % n`; base jobs round-robin), neither bounded.
+- Baselines through the same loop and the same workers: round-robin (job i -> worker i mod n)
+  and plain hashing (`stable_hash(lora_id) % n`; base jobs round-robin), neither bounded; with
+  `--eviction uses` (the default), also loraq and round-robin on workers with LRU slots
+  (`loraq_lru`, `round_robin_lru`: the latter is a stock setup).
 
 Metrics per policy:
 - `loads_per_1000_jobs`: adapter loads per 1000 jobs (all jobs, base jobs included);
@@ -30,7 +34,7 @@ Metrics per policy:
   each worker's real backlog (queued + in service); over the ticks whose mean backlog is at least
   `min_mean` (2 jobs: below that one job more is already a ratio of 1.5; `balance_samples` says
   which share of ticks that leaves), the 99th percentile of max backlog / mean backlog
-  (`..._max`: the maximum).
+  (`..._mean`: the mean, `..._max`: the maximum).
 - What the router guarantees is narrower, and checked here on every loraq placement
   (`cap_violations`, must be 0): on the loads it decides on (heartbeat backlog corrected by its own
   placements and completions since), no worker is sent a job above `ceil((1 + eps) x (total + 1) /
@@ -76,6 +80,7 @@ from api.router import Router, WorkerView
 from common import keys
 from common.hashing import stable_hash
 from common.settings import DEFAULT_MODEL_ID
+from worker.eviction import UseCounts
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing.json"
 
@@ -86,6 +91,8 @@ class SimConfig:
     zipf_s: float = 1.1
     workers: int = 8
     slots: int = 32
+    eviction: str = "uses"  # the worker's policy (uses: worker.eviction) or lru
+    use_halflife: int = 1024
     jobs: int = 100_000
     base_share: float = 0.10
     utilisation: float = 0.85  # offered job work / job capacity (load work not counted)
@@ -157,7 +164,8 @@ class SimWorker:
     queues: tuple[str, ...]
     slots: int
     load_units: int
-    lru: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    uses: UseCounts | None  # None: evict the least recently used
+    lru: OrderedDict[str, None] = field(default_factory=OrderedDict)  # warm, least recent first
     fifo: deque[tuple[int, str | None, int]] = field(default_factory=deque)  # job, lora, arrival
     busy: int = 0  # work units left on the job in service
     current: tuple[int, int] = (0, 0)  # job and arrival tick of the job in service
@@ -174,13 +182,16 @@ class SimWorker:
     def _needs_load(self, lora_id: str | None) -> bool:
         if lora_id is None:
             return False
+        if self.uses is not None:
+            self.uses.record(lora_id)
         if lora_id in self.lru:
             self.lru.move_to_end(lora_id)
             return False
         self.loads += 1
+        if len(self.lru) >= self.slots:
+            victim = self.uses.least_used(self.lru, str) if self.uses else None
+            del self.lru[next(iter(self.lru)) if victim is None else victim]
         self.lru[lora_id] = None
-        if len(self.lru) > self.slots:
-            self.lru.popitem(last=False)
         return True
 
     def step(self, now: int, done: list[tuple[int, int]]) -> None:
@@ -279,6 +290,7 @@ class PolicyResult:
     loads_per_1000_jobs: float
     hit_rate: float
     max_mean_backlog: float  # p99 over ticks with mean backlog >= min_mean
+    max_mean_backlog_mean: float  # the mean over those ticks
     max_mean_backlog_max: float
     over_cap_share: float  # share of those ticks with max backlog above the router's cap
     balance_samples: float  # share of ticks with mean backlog >= min_mean
@@ -334,7 +346,13 @@ class Samples:
 
 def simulate(cfg: SimConfig, policy: Policy, workload: Workload, clock: SimClock) -> PolicyResult:
     workers = [
-        SimWorker(wid, queues, cfg.slots, round(cfg.load_cost * UNITS))
+        SimWorker(
+            wid,
+            queues,
+            cfg.slots,
+            round(cfg.load_cost * UNITS),
+            UseCounts(cfg.use_halflife) if cfg.eviction == "uses" else None,
+        )
         for wid, queues in zip(worker_ids(cfg), shard_queues(cfg), strict=True)
     ]
     snapshots = Snapshots(workers, cfg.heartbeat, clock)
@@ -395,6 +413,7 @@ def summarise(
         loads_per_1000_jobs=round(1000 * loads / len(workload.lora_ids), 2),
         hit_rate=round(1 - loads / max(1, adapter_jobs), 4),
         max_mean_backlog=round(float(np.percentile(ratios, 99)), 3),
+        max_mean_backlog_mean=round(float(np.mean(ratios)), 3),
         max_mean_backlog_max=round(max(ratios), 3),
         over_cap_share=round(samples.over_cap / max(1, len(samples.ratios)), 4),
         balance_samples=round(len(samples.ratios) / ticks, 3),
@@ -655,7 +674,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    for name in ("adapters", "workers", "slots", "jobs", "refresh", "heartbeat", "shards", "seed"):
+    parser.add_argument("--eviction", choices=("uses", "lru"), default=defaults.eviction)
+    names = ("adapters", "workers", "slots", "use_halflife", "jobs", "refresh", "heartbeat")
+    for name in (*names, "shards", "seed"):
         parser.add_argument("--" + name, type=int, default=getattr(defaults, name))
     for name in ("zipf_s", "base_share", "utilisation", "load_cost", "tick_s", "epsilon"):
         parser.add_argument(
@@ -682,6 +703,9 @@ def main() -> None:
     results = run_policies(cfg)
     if not args.no_fresh:  # what the router does with exact backlogs and warm sets
         results["loraq_fresh"] = run_policy(replace(cfg, heartbeat=0), "loraq")
+    if cfg.eviction != "lru":  # what the eviction policy alone is worth, and a stock setup
+        lru = replace(cfg, eviction="lru")
+        results |= {f"{name}_lru": run_policy(lru, name) for name in ("loraq", "round_robin")}
     print(f"simulated: {cfg.jobs} jobs, {cfg.workers} workers x {cfg.slots} slots")
     print_table(results)
     loraq, rr = results["loraq"], results["round_robin"]
@@ -691,6 +715,11 @@ def main() -> None:
         "bench": "routing",
         **flat(results),
         "loads_vs_round_robin": round(ratio, 3),
+        **{
+            f"loads_vs_{name}": round(loraq.loads_per_1000_jobs / r.loads_per_1000_jobs, 3)
+            for name, r in results.items()
+            if name == "round_robin_lru"
+        },
         "reference_static_loads_per_1000_jobs": reference,
         "reference_static_vs_round_robin": round(reference / rr.loads_per_1000_jobs, 3),
         "target_loads_met": ratio <= 0.25,

@@ -65,6 +65,8 @@ class AdapterSettings(_Section):
     check_at_submit: bool = True
     gpu_slots: int = Field(32, ge=1)
     cpu_slots: int = Field(128, ge=1)
+    #: Slot eviction counts each adapter's uses and halves the counts after this many uses.
+    use_halflife: int = Field(1024, ge=1)
     max_rank: int = Field(64, ge=1)
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
     base_mismatch: BaseMismatchPolicy = BaseMismatchPolicy.REFUSE

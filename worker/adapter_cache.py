@@ -7,7 +7,8 @@ thread, so batches for other adapters keep running while one loads. Concurrent f
 same adapter share one load: the first caller loads, the others wait on its future. A failed load
 is not cached; every waiter gets the same error.
 
-Eviction is LRU among unleased slots (and among CPU-tier entries); adapters named in
+A slot is taken from the least used unleased adapter of late, the least recent among equals
+(`worker.eviction`); the CPU tier, a victim cache for slots, is plain LRU. Adapters named in
 `adapters.pinned` are loaded at start and never leave their slot.
 """
 
@@ -25,6 +26,7 @@ from typing import Protocol
 from common import metrics
 from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
 from worker.engine.lora import AdapterWeights
+from worker.eviction import UseCounts
 
 
 class SlotWriter(Protocol):
@@ -66,6 +68,7 @@ class AdapterCache:
         n_slots: int,
         cpu_capacity: int,
         pin_memory: bool = False,
+        use_halflife: int = 1024,
     ) -> None:
         self._fetch = fetch
         self._engine = engine
@@ -79,6 +82,7 @@ class AdapterCache:
         self._cpu: OrderedDict[str, AdapterWeights] = OrderedDict()
         self._loading: dict[str, Future[AdapterWeights]] = {}
         self._pinned: set[str] = set()
+        self._uses = UseCounts(use_halflife)
         self.stats = CacheStats()
 
     def pin(self, lora_id: str) -> None:
@@ -99,6 +103,7 @@ class AdapterCache:
     def acquire(self, lora_id: str, timeout: float | None = None) -> Lease:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            self._uses.record(lora_id)
             slot = self._slot_of.get(lora_id)
             if slot is not None:
                 self.stats.hits += 1
@@ -146,17 +151,21 @@ class AdapterCache:
 
     def _claim_slot(self, lora_id: str, weights: AdapterWeights, deadline: float | None) -> int:
         while True:
-            for slot in self._lru:
-                state = self._slots[slot]
-                if state.leases == 0 and state.lora_id not in self._pinned:
-                    if state.lora_id is not None:
-                        self.stats.evictions += 1
-                        metrics.ADAPTER_EVICTIONS.inc()
-                    self._forget_slot(slot)
-                    self._slots[slot] = _Slot(lora_id, weights.content_hash, leases=1)
-                    self._slot_of[lora_id] = slot
-                    self._lru.move_to_end(slot)
-                    return slot
+            free = [
+                slot
+                for slot in self._lru
+                if self._slots[slot].leases == 0 and self._slots[slot].lora_id not in self._pinned
+            ]
+            slot = self._uses.least_used(free, lambda s: self._slots[s].lora_id)
+            if slot is not None:
+                if self._slots[slot].lora_id is not None:
+                    self.stats.evictions += 1
+                    metrics.ADAPTER_EVICTIONS.inc()
+                self._forget_slot(slot)
+                self._slots[slot] = _Slot(lora_id, weights.content_hash, leases=1)
+                self._slot_of[lora_id] = slot
+                self._lru.move_to_end(slot)
+                return slot
             if not self._wait(deadline):
                 raise TimeoutError("no adapter slot became free in time")
 

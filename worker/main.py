@@ -73,6 +73,7 @@ class WorkerProcess:
             n_slots=ad.gpu_slots,
             cpu_capacity=ad.cpu_slots,
             pin_memory=self.engine.device.type == "cuda",
+            use_halflife=ad.use_halflife,
         )
         self.batcher = Batcher(self.engine.encode, self.engine.dims, settings.batch)
         store = JobStore(self.redis, settings.result_ttl_s, settings.routing.redeliver_after_s)

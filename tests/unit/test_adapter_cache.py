@@ -1,4 +1,4 @@
-"""The warm-adapter cache (worker/adapter_cache.py): slots, leases, LRU, pins, shared loads.
+"""The warm-adapter cache (worker/adapter_cache.py): slots, leases, eviction, pins, shared loads.
 
 Most tests replace `read_adapter` with a fake (controllable, countable) and the engine with a
 recording `SlotWriter`; one test runs the real chain on PEFT-saved adapters and a `LoraPool`.
@@ -153,19 +153,31 @@ def test_miss_then_hit(make_cache, reader: FakeReader, engine: FakeEngine) -> No
     assert cache.warm() == ["org/a"]
 
 
-def test_lru_eviction_among_unleased(make_cache, reader: FakeReader, engine: FakeEngine) -> None:
+def test_eviction_takes_the_least_used_then_least_recent(make_cache, engine: FakeEngine) -> None:
     cache = make_cache(n_slots=2)
     a, b = use(cache, "a"), use(cache, "b")
     assert a.slot != b.slot
-    use(cache, "a")  # a is now the most recently used
+    use(cache, "a")  # a: 2 uses, b: 1
     c = use(cache, "c")
-    assert c.slot == b.slot  # b, the least recently used, made room
+    assert c.slot == b.slot  # b, the less used, made room
     assert sorted(cache.warm()) == ["a", "c"]
-    assert cache.stats.evictions == 1
+    use(cache, "c")  # a and c: 2 uses each; a is the less recent
     d = use(cache, "d")
     assert d.slot == a.slot
     assert sorted(cache.warm()) == ["c", "d"]
-    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (1, 4, 2)
+    assert (cache.stats.hits, cache.stats.misses, cache.stats.evictions) == (2, 4, 2)
+
+
+def test_a_popular_adapter_outlives_a_stream_of_one_offs(make_cache, engine: FakeEngine) -> None:
+    """What LRU gets wrong: with 2 slots, each one-off would push the popular adapter out."""
+    cache = make_cache(n_slots=2)
+    for n in range(20):
+        use(cache, "popular")
+        use(cache, f"once-{n}")
+    writes = [lora for _, lora in engine.writes]
+    assert writes.count("popular") == 1
+    assert cache.stats.hits == 19
+    assert "popular" in cache.warm()
 
 
 def test_cpu_tier_saves_reload(make_cache, reader: FakeReader, engine: FakeEngine) -> None:

@@ -86,6 +86,21 @@ def test_a_warm_worker_under_the_cap_gets_its_adapters_jobs() -> None:
     assert (route.worker_id, route.reason) == (other, "warm")
 
 
+def test_an_adapter_warm_on_several_workers_goes_to_the_least_loaded() -> None:
+    ids = [f"w{i}" for i in range(4)]
+    first = home("x", ids)
+    spare = next(w for w in ids if w != first)
+    backlogs = {w: 1 if w == spare else 4 for w in ids}
+    views = [
+        view(i, backlogs[w], warm=["x"] if w in (first, spare) else []) for i, w in enumerate(ids)
+    ]
+    router = router_with(views)
+    routes = [router.route("x", f"j{n}") for n in range(4)]
+    # The spare replica takes them at 1, 2, 3; at 4 it ties with the home, which comes first.
+    assert [r.worker_id for r in routes] == [spare, spare, spare, first]
+    assert {r.reason for r in routes} == {"warm"}
+
+
 def test_a_warm_worker_at_the_cap_is_passed_over() -> None:
     ids = [f"w{i}" for i in range(4)]
     other = next(w for w in ids if w != home("x", ids))
