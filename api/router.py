@@ -4,10 +4,10 @@ A job for adapter X goes to the least loaded live worker that has X warm, if one
 load cap (so the load of an adapter warm on several workers spreads over them, and leaves room
 on each for the adapters only it has warm); else to X's rendezvous-hash choice among live
 workers, walking down that worker order past any worker at the cap (consistent hashing with
-bounded loads). The cap is `ceil((1 + epsilon) x mean load)`
-counting the job being placed, so no worker is sent work above (1 + epsilon) x the mean; a hot
-adapter spills to its next workers, which then warm it too. Base-model jobs go to the least loaded
-worker. With no live worker, jobs go to the model's shared queue, which every worker consumes.
+bounded loads). The cap is `ceil((1 + epsilon) x mean load)` counting the job being placed, so
+no worker is sent work above (1 + epsilon) x the mean; a hot adapter spills to its next workers,
+which then warm it too. Base-model jobs go to the least loaded worker. With no live worker, jobs
+go to the model's shared queue, which every worker consumes.
 
 A worker is reached through the shard queues it leases, never a per-worker queue: if it dies,
 its shards (and the jobs in them) pass to other workers when its leases expire.
