@@ -33,7 +33,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.settings import DEFAULT_MODEL_ID, BatchSettings, resolve_model_path
+from common.settings import (
+    DEFAULT_MODEL_ID,
+    AdapterSettings,
+    BatchSettings,
+    resolve_model_path,
+)
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis
 from tests.reference import save_random_adapter
 
@@ -78,6 +83,7 @@ class InProcess:
             AdapterRules(64, 1 << 30, BaseMismatchPolicy.REFUSE),
             n_slots=32,
             cpu_capacity=64,
+            use_halflife=AdapterSettings().use_halflife,
         )
         self.batcher = Batcher(self.engine.encode, self.engine.dims, BatchSettings())
         self.batcher.start()

@@ -41,7 +41,12 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.settings import DEFAULT_MODEL_ID, BaseMismatchPolicy, resolve_model_path
+from common.settings import (
+    DEFAULT_MODEL_ID,
+    AdapterSettings,
+    BaseMismatchPolicy,
+    resolve_model_path,
+)
 from worker.adapter_cache import AdapterCache
 from worker.adapter_files import AdapterRules
 from worker.adapter_sources import ChainSource, LocalDirSource
@@ -260,6 +265,7 @@ def bench_cold_load(shape: Shape, model_dir: Path, work: Path, n: int = 20) -> d
         AdapterRules(64, 1 << 32, BaseMismatchPolicy.WARN),
         n_slots=n,
         cpu_capacity=n,
+        use_halflife=AdapterSettings().use_halflife,
         pin_memory=shape.device == "cuda",
     )
     cache.release(cache.acquire("cold/a0"))  # first load pays one-time costs (allocation)

@@ -189,8 +189,9 @@ class SimWorker:
             return False
         self.loads += 1
         if len(self.lru) >= self.slots:
-            victim = self.uses.least_used(self.lru, str) if self.uses else None
-            del self.lru[next(iter(self.lru)) if victim is None else victim]
+            victim = self.uses.least_used(self.lru, str) if self.uses else next(iter(self.lru))
+            assert victim is not None
+            del self.lru[victim]
         self.lru[lora_id] = None
         return True
 
@@ -715,11 +716,6 @@ def main() -> None:
         "bench": "routing",
         **flat(results),
         "loads_vs_round_robin": round(ratio, 3),
-        **{
-            f"loads_vs_{name}": round(loraq.loads_per_1000_jobs / r.loads_per_1000_jobs, 3)
-            for name, r in results.items()
-            if name == "round_robin_lru"
-        },
         "reference_static_loads_per_1000_jobs": reference,
         "reference_static_vs_round_robin": round(reference / rr.loads_per_1000_jobs, 3),
         "target_loads_met": ratio <= 0.25,
@@ -727,6 +723,10 @@ def main() -> None:
         "sim_s": round(time.perf_counter() - started, 1),
         "params": {k: v for k, v in asdict(cfg).items() if k != "model"},
     }
+    if (rr_lru := results.get("round_robin_lru")) is not None:
+        out["loads_vs_round_robin_lru"] = round(
+            loraq.loads_per_1000_jobs / rr_lru.loads_per_1000_jobs, 3
+        )
     if args.real:
         rc = RealConfig()
         real = {**run_real(rc), **real_prediction(rc)}

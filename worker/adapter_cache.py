@@ -67,8 +67,9 @@ class AdapterCache:
         rules: AdapterRules,
         n_slots: int,
         cpu_capacity: int,
+        *,
+        use_halflife: int,
         pin_memory: bool = False,
-        use_halflife: int = 1024,
     ) -> None:
         self._fetch = fetch
         self._engine = engine

@@ -18,7 +18,7 @@ import torch
 
 import worker.adapter_cache as adapter_cache
 from common.errors import AdapterNotFound, AdapterTensorsMismatch
-from common.settings import BaseMismatchPolicy
+from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.conftest import PEFT_WARNINGS, base_info_for, blocked_in, wait_until
 from worker.adapter_cache import AdapterCache, Lease
 from worker.adapter_files import AdapterRules, BaseModelInfo, ModuleShape
@@ -31,6 +31,7 @@ pytestmark = [
 ]
 
 RULES = AdapterRules(max_rank=8, max_file_bytes=10**8, base_mismatch=BaseMismatchPolicy.REFUSE)
+HALFLIFE = AdapterSettings().use_halflife
 BASE = BaseModelInfo("fake/base", frozenset({"fake/base"}), {"m": ModuleShape(2, 2)})
 WAIT = 5.0
 
@@ -95,7 +96,14 @@ def engine() -> FakeEngine:
 @pytest.fixture
 def make_cache(reader: FakeReader, engine: FakeEngine) -> Callable[..., AdapterCache]:
     def make(n_slots: int = 2, cpu_capacity: int = 16) -> AdapterCache:
-        return AdapterCache(lambda i: Path("/adapters") / i, engine, RULES, n_slots, cpu_capacity)
+        return AdapterCache(
+            lambda i: Path("/adapters") / i,
+            engine,
+            RULES,
+            n_slots,
+            cpu_capacity,
+            use_halflife=HALFLIFE,
+        )
 
     return make
 
@@ -306,7 +314,7 @@ def test_fetch_failure_propagates(reader: FakeReader, engine: FakeEngine) -> Non
             raise AdapterNotFound(f"adapter {lora_id!r} not found")
         return Path("/adapters") / lora_id
 
-    cache = AdapterCache(fetch, engine, RULES, n_slots=1, cpu_capacity=1)
+    cache = AdapterCache(fetch, engine, RULES, n_slots=1, cpu_capacity=1, use_halflife=HALFLIFE)
     for _ in range(2):
         with pytest.raises(AdapterNotFound):
             cache.acquire("org/missing", timeout=WAIT)
@@ -389,7 +397,9 @@ def test_real_adapters_into_a_lora_pool(make_adapter, make_base) -> None:
             self.pool.write(slot, weights)
 
     writer = PoolWriter()
-    cache = AdapterCache(paths.__getitem__, writer, RULES, n_slots=1, cpu_capacity=4)
+    cache = AdapterCache(
+        paths.__getitem__, writer, RULES, n_slots=1, cpu_capacity=4, use_halflife=HALFLIFE
+    )
     q = use(cache, "org/q")
     assert len(q.content_hash) == 16
     assert writer.pool.layouts[0].rows == [2, 0, 0, 0] * 2  # the query rows of each layer
