@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
@@ -102,7 +103,9 @@ def _train(
 ) -> TrainStats:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     started = time.perf_counter()
     tokenizer: Any = AutoTokenizer.from_pretrained(model_dir)
     base: Any = AutoModel.from_pretrained(model_dir)
@@ -116,7 +119,10 @@ def _train(
         lora_dropout=0.0,
         bias="none",
     )
-    model: Any = get_peft_model(base, config)
+    with warnings.catch_warnings():
+        # PEFT wrapping a transformers 5 model reads a deprecated alias (see pyproject).
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        model: Any = get_peft_model(base, config)
     model.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
