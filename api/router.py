@@ -13,7 +13,7 @@ A worker is reached through the shard queues it leases, never a per-worker queue
 its shards (and the jobs in them) pass to other workers when its leases expire.
 
 The router is plain code over snapshots (`WorkerView`), so the gateway and the routing simulator
-(`bench/routing.py`) run exactly this. Heartbeats are a little old, so the router corrects them
+(`bench/routing_sim.py`) run exactly this. Heartbeats are a little old, so the router corrects them
 with what it saw itself: a job it placed after a worker's heartbeat adds to that worker's load
 until the job completes; a job it placed before the heartbeat that completed after it comes off.
 A burst between two heartbeats then does not all land on one worker, and a worker that just

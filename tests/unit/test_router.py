@@ -261,8 +261,8 @@ def test_routes_are_the_same_in_every_process() -> None:
 
 
 def test_the_simulator_beats_round_robin_and_keeps_balance() -> None:
-    """bench/routing.py on a tiny shape, with views read at each update (exact backlogs)."""
-    from bench.routing import SimConfig, run_policies
+    """The routing simulator on a tiny shape, with views read at each update (exact backlogs)."""
+    from bench.routing_sim import SimConfig, run_policies
 
     cfg = SimConfig(adapters=50, workers=4, slots=8, jobs=5000, shards=8, heartbeat=0)
     results = run_policies(cfg)

@@ -1,6 +1,6 @@
-"""The routing simulator's regimes and yardsticks (`bench/routing.py`): the autoscaled closed
-loop, the least-loaded policy, the even-split ratio and the loads floors. The router itself is
-tested in `test_router.py`."""
+"""The routing benchmark's regimes and yardsticks (`bench/routing_sim.py`, `bench/routing.py`):
+the autoscaled closed loop, the least-loaded policy, the even-split ratio and the loads floors.
+The router itself is tested in `test_router.py`."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from bench.routing import (
+from bench.routing import reference_lookahead_loads, reference_static_loads
+from bench.routing_sim import (
     LeastLoaded,
     SimClock,
     SimConfig,
     Workload,
     make_workload,
-    reference_lookahead_loads,
-    reference_static_loads,
     run_policy,
     simulate,
 )
