@@ -12,9 +12,11 @@ it adds them.
 
 Loads floors, per 1000 jobs: `reference_static_...`, the workers' slots holding the most
 popular adapters for good (no policy that sees only past jobs does better: see
-`reference_static_loads`), and `reference_lookahead_...`, an idealised single cache that also
-sees the autoscaled regime's queued jobs ahead (`reference_lookahead_loads`); each also as a
-share of the open regime's round-robins' loads.
+`reference_static_loads`), `reference_lookahead_...`, an idealised single cache that also
+sees the autoscaled regime's queued jobs ahead (`reference_lookahead_loads`), and
+`reference_clairvoyant_...`, that cache seeing every job to come (Belady's MIN: the fewest loads
+of any cache of that size serving these jobs in order); each also as a share of the open
+regime's round-robins' loads.
 
 `--real` also runs the real stack on this machine (redis, gateway, 3 workers with 16 adapter slots,
 300 jobs over 50 adapters) and reports the slot hit rate from the workers' heartbeats.
@@ -73,7 +75,8 @@ def reference_lookahead_loads(cfg: SimConfig, workload: Workload, window: int) -
     jobs known (the jobs queued ahead). A miss evicts the least popular adapter that no job in
     the window needs, else the one needed last. Real workers have fewer options (a slot belongs
     to one worker, popularity must be learnt, the router must also balance), so this is below
-    anything they reach."""
+    anything they reach. With `window` the whole run, this is Belady's MIN (evict the adapter
+    needed furthest ahead): no cache of that size, told every job to come, loads less."""
     ids = workload.lora_ids
     counts = Counter(lora_id for lora_id in ids if lora_id is not None)
     never = len(ids) + window + 1
@@ -192,12 +195,14 @@ def regime_summary(results: dict[str, PolicyResult], prefix: str) -> dict[str, A
 
 
 def references(cfg: SimConfig, window: int, out: dict[str, Any]) -> dict[str, Any]:
-    """The loads floors (`reference_static_loads`, `reference_lookahead_loads`) per 1000 jobs,
-    and as a share of the open regime's round-robins' loads."""
+    """The loads floors (`reference_static_loads`, `reference_lookahead_loads` with `window`
+    and with the whole run ahead) per 1000 jobs, and as a share of the open regime's
+    round-robins' loads."""
     workload = make_workload(cfg)
     floors = {
         "static": reference_static_loads(cfg, workload),
         "lookahead": reference_lookahead_loads(cfg, workload, window),
+        "clairvoyant": reference_lookahead_loads(cfg, workload, len(workload.lora_ids)),
     }
     refs: dict[str, Any] = {"reference_lookahead_window_jobs": window}
     for name, loads in floors.items():
@@ -229,7 +234,10 @@ def main() -> None:
     print(
         "loads floor: {reference_static_loads_per_1000_jobs} (the most popular adapters held), "
         "{reference_lookahead_loads_per_1000_jobs} (one idealised cache seeing "
-        "{reference_lookahead_window_jobs} jobs ahead)".format(**out)
+        "{reference_lookahead_window_jobs} jobs ahead), "
+        "{reference_clairvoyant_loads_per_1000_jobs} (that cache seeing every job ahead)".format(
+            **out
+        )
     )
     out |= {
         "sim_s": round(time.perf_counter() - started, 1),

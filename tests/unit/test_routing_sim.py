@@ -87,3 +87,24 @@ def test_the_floors_on_a_hand_made_sequence() -> None:
     assert reference_static_loads(cfg, workload) == per_1000[4]  # a, c, b, b
     assert reference_lookahead_loads(cfg, workload, 0) == per_1000[5]  # a, c, b, c, b
     assert reference_lookahead_loads(cfg, workload, 2) == per_1000[3]  # a, c, b
+
+
+def test_the_clairvoyant_floor_evicts_the_adapter_needed_last() -> None:
+    """Two slots, a b c a b c. Seeing every job ahead, c evicts b (needed after a) and b's
+    return evicts a (needed no more): 4 loads. Seeing none, popularity ties and c evicts a,
+    whose return evicts b, whose return evicts c: 6 loads."""
+    cfg = replace(TINY, workers=1, slots=2)
+    ids: list[str | None] = ["a", "b", "c", "a", "b", "c"]
+    workload = Workload(ids, [len(ids)])
+    per_1000 = [round(1000 * loads / len(ids), 2) for loads in range(7)]
+    assert reference_lookahead_loads(cfg, workload, len(ids)) == per_1000[4]
+    assert reference_lookahead_loads(cfg, workload, 0) == per_1000[6]
+
+
+def test_no_policy_loads_less_than_the_clairvoyant_floor() -> None:
+    workload = make_workload(TINY)
+    clairvoyant = reference_lookahead_loads(TINY, workload, len(workload.lora_ids))
+    assert clairvoyant <= reference_lookahead_loads(TINY, workload, 8 * TINY.workers)
+    assert clairvoyant <= reference_static_loads(TINY, workload)
+    for policy in ("loraq", "round_robin", "hashing", "least_loaded"):
+        assert run_policy(TINY, policy, workload).loads_per_1000_jobs >= clairvoyant
