@@ -14,12 +14,14 @@ its shards (and the jobs in them) pass to other workers when its leases expire.
 
 The router is plain code over snapshots (`WorkerView`), so the gateway and the routing simulator
 (`bench/routing_sim.py`) run exactly this. Heartbeats are a little old, so the router corrects them
-with what it saw itself: a job it placed after a worker's heartbeat adds to that worker's load
-until the job completes; a job it placed before the heartbeat that completed after it comes off.
+with what it saw itself: a job published after a worker's heartbeat adds to that worker's load
+until the job completes; a job published before the heartbeat that completed after it comes off.
 A burst between two heartbeats then does not all land on one worker, and a worker that just
-finished is not mistaken for a busy one. `seen_at` is on the router's own clock (the gateway
-derives it from when it first saw each heartbeat), so clock skew between hosts does not matter.
-Routing a job costs O(workers); a snapshot costs O(jobs in flight).
+finished is not mistaken for a busy one. A job counts from when its message is on the queue
+(`published`), not from when it was routed: a heartbeat taken between the two does not count it,
+and under a burst many publishes are in flight at once. `seen_at` is on the router's own clock
+(the gateway derives it from when it first saw each heartbeat), so clock skew between hosts does
+not matter. Routing a job costs O(workers); a snapshot costs O(jobs in flight).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from common.hashing import stable_hash
 
 #: Placements are remembered this long at most (a completion notice can be missed).
 PLACEMENT_MEMORY_S = 600.0
+#: When a placement whose message is not yet published happened: after every heartbeat.
+UNPUBLISHED = math.inf
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,10 @@ class Router:
         self._clock = clock
         self._workers: list[WorkerView] = []
         self._seen: dict[str, float] = {}
-        self._outstanding: dict[str, tuple[str, float]] = {}  # job -> (worker, placed at)
-        self._after: dict[str, int] = {}  # outstanding jobs placed after the worker's heartbeat
-        self._finished: dict[str, list[tuple[float, float]]] = {}  # (placed, done) per worker
+        # job -> (worker, published at, routed at)
+        self._outstanding: dict[str, tuple[str, float, float]] = {}
+        self._after: dict[str, int] = {}  # outstanding jobs published after the worker's heartbeat
+        self._finished: dict[str, list[tuple[float, float]]] = {}  # (published, done) per worker
         self._done_counted: dict[str, int] = {}  # finished jobs its heartbeat still counts
 
     def update(self, workers: Sequence[WorkerView]) -> None:
@@ -72,12 +77,12 @@ class Router:
         seen = self._seen = {w.id: w.seen_at for w in self._workers}
         horizon = self._clock() - PLACEMENT_MEMORY_S
         self._outstanding = {
-            job: (wid, at)
-            for job, (wid, at) in self._outstanding.items()
-            if wid in seen and at > horizon
+            job: (wid, at, routed)
+            for job, (wid, at, routed) in self._outstanding.items()
+            if wid in seen and routed > horizon
         }
         self._after = dict.fromkeys(seen, 0)
-        for wid, at in self._outstanding.values():
+        for wid, at, _ in self._outstanding.values():
             if at > seen[wid]:
                 self._after[wid] += 1
         self._finished = {
@@ -89,12 +94,20 @@ class Router:
             wid: sum(1 for p, _ in pairs if p <= seen[wid]) for wid, pairs in self._finished.items()
         }
 
+    def published(self, job_id: str) -> None:
+        """A job this router placed is on its queue now: heartbeats taken from here on count it."""
+        placed = self._outstanding.get(job_id)
+        if placed is not None:
+            wid, _, routed = placed
+            self._outstanding[job_id] = (wid, self._clock(), routed)
+
     def complete(self, job_id: str) -> None:
-        """A job this router placed has finished (the gateway hears every job's completion)."""
+        """A job this router placed has finished (the gateway hears every job's completion),
+        or will never run (its publish failed)."""
         placed = self._outstanding.pop(job_id, None)
         if placed is None:
             return
-        wid, at = placed
+        wid, at, _ = placed
         if wid not in self._seen:
             return
         now = self._clock()
@@ -130,7 +143,7 @@ class Router:
         raise AssertionError("bounded loads: the least loaded worker is always under the cap")
 
     def _place(self, worker: WorkerView, job_id: str, key: str, reason: str) -> Route:
-        self._outstanding[job_id] = (worker.id, self._clock())
+        self._outstanding[job_id] = (worker.id, UNPUBLISHED, self._clock())
         self._after[worker.id] += 1
         queue = worker.queues[stable_hash(key) % len(worker.queues)]
         return Route(queue, worker.id, reason)

@@ -51,8 +51,9 @@ class RoutingTable:
         self.refreshed_at = 0.0
         # Per worker: its last heartbeat's own timestamp, and since when (on our clock) it has
         # been the one we hold. A heartbeat first seen now was written after our previous
-        # refresh, so it counts every job placed before that refresh.
+        # refresh began to read, so it counts every job published before that.
         self._heartbeats: dict[str, tuple[float, float]] = {}
+        self._read_at = 0.0
         self._admitted = dict.fromkeys(settings.models, 0)
         self._task: asyncio.Task[None] | None = None
 
@@ -68,6 +69,7 @@ class RoutingTable:
                 await self._task
 
     async def refresh(self) -> None:
+        read_at = time.time()
         infos = await live_workers(self._r)
         async with self._r.pipeline(transaction=False) as pipe:
             for queues in self._queues.values():
@@ -83,7 +85,8 @@ class RoutingTable:
                 QUEUE_OLDEST_AGE.labels(queue).set(message_age(oldest, time.time()))
                 lengths.append(depth)
         lengths_iter = iter(lengths)
-        previous, self.refreshed_at = self.refreshed_at, time.time()
+        previous, self._read_at = self._read_at, read_at
+        self.refreshed_at = time.time()
         self._heartbeats = {
             w.id: old if (old := self._heartbeats.get(w.id)) and old[0] == w.seen_at
             else (w.seen_at, previous)
@@ -127,6 +130,9 @@ class RoutingTable:
 
     def route(self, model: str, lora_id: str | None, job_id: str) -> Route:
         return self._routers[model].route(lora_id, job_id)
+
+    def published(self, model: str, job_id: str) -> None:
+        self._routers[model].published(job_id)
 
     def completed(self, job_id: str) -> None:
         for router in self._routers.values():

@@ -140,10 +140,12 @@ async def submit(
         await gw.publisher.encode(message, route.queue)
     except Exception as exc:
         log.exception("publishing job %s failed", job.id)
+        gw.routing.completed(job.id)
         error = QueueUnavailable(f"the job queue is unavailable: {exc}")
         await gw.store.fail(job.id, time.time(), error.code, error.message)
         JOBS_FINISHED.labels(model, "failed", error.code).inc()
         raise error from exc
+    gw.routing.published(model, job.id)
     JOBS_SUBMITTED.labels(model).inc()
     return job
 

@@ -286,6 +286,7 @@ class Loraq:
         loads = self.router.loads()
         cap = math.ceil((1 + self.epsilon) * (sum(loads.values()) + 1) / len(loads))
         route = self.router.route(lora_id, job_id)
+        self.router.published(job_id)  # the simulator's queues take a job at once
         if route.worker_id is None or route.queue not in self.queues[route.worker_id]:
             raise AssertionError(f"route to a queue the worker does not hold: {route}")
         self.cap_violations += loads[route.worker_id] + 1 > cap

@@ -75,6 +75,17 @@ class JobRunner:
         self.in_flight = 0
 
     def handle(self, payload: dict[str, Any]) -> None:
+        """Counted in `in_flight` from the moment the task thread has the message: the heartbeat's
+        backlog (shard queue lengths + this) then misses no job that has left its queue."""
+        with self._lock:
+            self.in_flight += 1
+        try:
+            self._handle(payload)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle(self, payload: dict[str, Any]) -> None:
         message = EncodeMessage.model_validate(payload)
         job_id = message.job_id
         claim: Transition = with_redis_retries(
@@ -89,13 +100,7 @@ class JobRunner:
             self._dead_letter(payload, claim.attempts)
             return
         metrics.JOB_QUEUE_WAIT.labels(message.model).observe(self._clock() - message.enqueued_at)
-        with self._lock:
-            self.in_flight += 1
-        try:
-            self._run(message)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
+        self._run(message)
 
     def _run(self, message: EncodeMessage) -> None:
         job_id = message.job_id

@@ -71,6 +71,13 @@ def cap(total: int, n: int, epsilon: float) -> int:
     return math.ceil((1 + epsilon) * (total + 1) / n)
 
 
+def place(router: Router, lora_id: str | None, job_id: str) -> Route:
+    """Route a job and publish it, as the gateway does."""
+    route = router.route(lora_id, job_id)
+    router.published(job_id)
+    return route
+
+
 def test_no_live_worker_goes_to_the_shared_queue() -> None:
     router = Router(MODEL, clock=Clock())
     assert router.route("a", "j1") == Route(keys.model_queue(MODEL), None, "no-worker")
@@ -184,19 +191,19 @@ def test_a_newer_heartbeat_replaces_the_placements_it_counts() -> None:
     router = Router(MODEL, clock=clock)
     router.update([view(0, 0), view(1, 0)])
     for n in range(10):
-        router.route("hot", f"j{n}")
+        place(router, "hot", f"j{n}")
     assert sum(router.loads().values()) == 10
     heartbeat = clock()  # the workers' backlogs now count those 10 jobs (some already served)
     router.update([view(0, 3, seen_at=heartbeat), view(1, 4, seen_at=heartbeat)])
     assert router.loads() == {"w0": 3, "w1": 4}
-    route = router.route("hot", "j10")  # placed after that heartbeat: counted again
+    route = place(router, "hot", "j10")  # placed after that heartbeat: counted again
     assert route.worker_id is not None
     assert router.loads()[route.worker_id] == {"w0": 3, "w1": 4}[route.worker_id] + 1
 
 
 def test_placements_newer_than_the_heartbeat_survive_an_update() -> None:
     router = router_with([view(0, 0)])
-    router.route("x", "j1")
+    place(router, "x", "j1")
     router.update([view(0, 0)])  # same old heartbeat (seen_at before the placement)
     assert router.loads() == {"w0": 1}
 
@@ -205,10 +212,10 @@ def test_completions_correct_the_heartbeat() -> None:
     clock = Clock()
     router = Router(MODEL, clock=clock)
     router.update([view(0, 0)])
-    router.route("x", "before")
+    place(router, "x", "before")
     heartbeat = clock()
     router.update([view(0, 1, seen_at=heartbeat)])  # counts "before"
-    router.route("x", "after")
+    place(router, "x", "after")
     assert router.loads() == {"w0": 2}
     router.complete("after")  # placed after the heartbeat: its placement goes
     assert router.loads() == {"w0": 1}
@@ -222,11 +229,38 @@ def test_a_completion_heard_before_the_heartbeat_that_counts_the_job() -> None:
     clock = Clock()
     router = Router(MODEL, clock=clock)
     router.update([view(0, 0)])
-    router.route("x", "j1")  # placed after the heartbeat the router holds
+    place(router, "x", "j1")  # placed after the heartbeat the router holds
     heartbeat = clock()  # the worker's next heartbeat counts j1 (backlog 1) ...
     router.complete("j1")  # ... j1 finishes; the gateway hears it before its next refresh
     router.update([view(0, 1, seen_at=heartbeat)])
     assert router.loads() == {"w0": 0}  # the router says 1: a job that is gone
+
+
+def test_a_job_counts_from_its_publish_not_its_route() -> None:
+    """A heartbeat taken while a routed job's message is still being published does not count
+    the job: the router must, or a burst lands above the cap."""
+    clock = Clock()
+    router = Router(MODEL, clock=clock)
+    router.update([view(0, 0)])
+    router.route("x", "j1")
+    heartbeat = clock()  # j1 is not on its queue yet: backlog 0
+    router.update([view(0, 0, seen_at=heartbeat)])
+    assert router.loads() == {"w0": 1}
+    router.published("j1")  # on the queue after that heartbeat
+    router.update([view(0, 0, seen_at=heartbeat)])
+    assert router.loads() == {"w0": 1}
+    heartbeat = clock()
+    router.update([view(0, 1, seen_at=heartbeat)])  # this one counts j1
+    assert router.loads() == {"w0": 1}
+
+
+def test_a_job_whose_publish_failed_comes_off() -> None:
+    router = router_with([view(0, 0)])
+    router.route("x", "j1")
+    router.complete("j1")  # the gateway gave up publishing it: it will never run
+    assert router.loads() == {"w0": 0}
+    router.update([view(0, 0)])
+    assert router.loads() == {"w0": 0}
 
 
 _ROUTES_SCRIPT = """
