@@ -151,8 +151,8 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--eviction", choices=("uses", "lru"), default=defaults.eviction)
-    names = ("adapters", "workers", "slots", "use_halflife", "jobs", "refresh", "heartbeat")
-    for name in (*names, "shards", "seed"):
+    names = ("adapters", "workers", "slots", "concurrency", "use_halflife", "jobs", "refresh")
+    for name in (*names, "heartbeat", "shards", "seed"):
         parser.add_argument("--" + name, type=int, default=getattr(defaults, name))
     for name in ("zipf_s", "base_share", "utilisation", "load_cost", "tick_s", "epsilon"):
         parser.add_argument(

@@ -1,27 +1,35 @@
 """The routing simulator: workers, heartbeats and policies in discrete time.
 
 Why a simulator: adapter loads and backlog balance come from a feedback loop (the router places
-jobs, workers' LRUs change, the next heartbeat shows new warm sets and backlogs) that a unit test
+jobs, workers' slots change, the next heartbeat shows new warm sets and backlogs) that a unit test
 of `route()` cannot show, and the real stack is far too slow for 100k jobs. So the loop runs here
 in discrete time over a seeded workload, and every placement of the "loraq" policy is a call of
-`Router.route` on snapshots fed to `Router.update`, with `Router.complete` for each finished job,
-as the gateway does (`api/routing_table.py`, `api/waiter.py`): nothing of the router is copied.
+`Router.route` on snapshots fed to `Router.update`, with `Router.published` as the job is queued
+and `Router.complete` for each finished job, as the gateway does (`api/submit.py`,
+`api/routing_table.py`, `api/waiter.py`): nothing of the router is copied.
 
 Model (one tick = the time a worker takes to serve one job; `tick_s` = 10 ms by default):
 - Jobs arrive as a Poisson process at `utilisation` x the workers' job capacity (default 0.85:
   6.8 jobs/tick for 8 workers), or, with `queued_per_worker` N, in a closed loop that tops the
   workers' total backlog up to N jobs per worker every tick. Adapters are Zipf(s) over `adapters`
   ids; `base_share` of jobs use the base model (lora_id None: never a load).
-- Each worker serves its FIFO queue one job at a time. A job whose adapter is not among the
-  worker's `slots` warm adapters counts one adapter LOAD, evicts one (the worker's real eviction
-  policy, `worker.eviction.UseCounts`, with `use_halflife`; `--eviction lru`: least recently
-  used), and takes `load_cost` jobs' worth of extra service (default 0.5: bench/results/cpu.json
-  measured a cold load at ~4 ms p50 against ~8 ms for a 2-text job on CPU; on a GPU a load costs
-  relatively more, try `--load-cost 2`). So loads eat capacity: `utilisation` below shows how
-  much.
+- Each worker serves its jobs in arrival order, one at a time. Like the real worker's task threads
+  (`worker.runner`, `worker.adapter_cache`), it holds up to `concurrency` jobs at once (the
+  worker's default, 32; the rest wait in its shard queues) and leases a job's adapter when it
+  takes the job, until the job is done: a leased adapter is never evicted, and a job waits in
+  the queue while every slot is leased. Taking a job whose adapter is not among the worker's
+  `slots` warm adapters counts one adapter LOAD, evicts one unleased adapter (the worker's real
+  eviction policy, `worker.eviction.UseCounts`, with `use_halflife`; `--eviction lru`: least
+  recently used), and adds `load_cost` jobs' worth to the job's service (default 0.5:
+  bench/results/cpu.json measured a cold load at ~4 ms p50 against ~8 ms for a 2-text job on
+  CPU; on a GPU a load costs relatively more, try `--load-cost 2`). So loads eat capacity:
+  `utilisation` below shows how much. Holding jobs cuts both ways: a held job's adapter stays
+  warm until the job runs, but the slots that leases pin leave eviction fewer choices;
+  `--concurrency 1` is a worker that takes each job only when it starts serving it.
 - Like the gateway: workers write heartbeats (`WorkerView`: shard queues, warm = slot contents,
-  backlog = queued + in service, seen_at) every `heartbeat` ticks (2 s, phases staggered); the
-  router gets the latest heartbeats every `refresh` ticks (0.5 s) and hears every completion.
+  backlog = jobs queued, held or in service, seen_at) every `heartbeat` ticks (2 s, phases
+  staggered); the router gets the latest heartbeats every `refresh` ticks (0.5 s) and hears every
+  completion.
   `loraq_fresh` is the same router fed views read at each update (heartbeat 0): exact backlogs.
 - Baselines through the same loop and the same workers: round-robin (job i -> worker i mod n),
   plain hashing (`stable_hash(lora_id) % n`; base jobs round-robin), neither bounded, and
@@ -33,9 +41,10 @@ Metrics per policy:
 - `loads_per_1000_jobs`: adapter loads per 1000 jobs (all jobs, base jobs included);
   `hit_rate` = 1 - loads / adapter jobs.
 - `max_mean_backlog`: every tick, right after that tick's placements and before any service, take
-  each worker's real backlog (queued + in service); over the ticks whose mean backlog is at least
-  `min_mean` (2 jobs: below that one job more is already a ratio of 1.5; `balance_samples` says
-  which share of ticks that leaves), the 99th percentile of max backlog / mean backlog
+  each worker's real backlog (queued, held or in service); over the ticks whose mean backlog is
+  at least `min_mean` (2 jobs: below that one job more is already a ratio of 1.5;
+  `balance_samples` says which share of ticks that leaves), the 99th percentile of max backlog /
+  mean backlog
   (`..._mean`: the mean, `..._max`: the maximum). `..._even`: the same p99 had each sampled
   total been split as evenly as integers allow; no policy can do better. With 2 to 4 jobs per
   worker that is already far above 1.25 (17 jobs on 8 workers: 3 / 2.125 = 1.41).
@@ -72,7 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api.router import Router, WorkerView
 from common import keys
 from common.hashing import stable_hash
-from common.settings import DEFAULT_MODEL_ID
+from common.settings import DEFAULT_MODEL_ID, AdapterSettings, WorkerSettings
 from worker.eviction import UseCounts
 
 
@@ -83,7 +92,8 @@ class SimConfig:
     workers: int = 8
     slots: int = 32
     eviction: str = "uses"  # the worker's policy (uses: worker.eviction) or lru
-    use_halflife: int = 1024
+    use_halflife: int = AdapterSettings().use_halflife
+    concurrency: int = WorkerSettings().concurrency  # jobs a worker holds, adapters leased
     jobs: int = 100_000
     base_share: float = 0.10
     utilisation: float = 0.85  # offered job work / job capacity (load work not counted)
@@ -157,54 +167,87 @@ class SimWorker:
     id: str
     queues: tuple[str, ...]
     slots: int
+    concurrency: int
     load_units: int
     uses: UseCounts | None  # None: evict the least recently used
     lru: OrderedDict[str, None] = field(default_factory=OrderedDict)  # warm, least recent first
-    fifo: deque[tuple[int, str | None, int]] = field(default_factory=deque)  # job, lora, arrival
+    queued: deque[tuple[int, str | None, int]] = field(default_factory=deque)  # job, lora, arrival
+    held: deque[tuple[int, str | None, int, int]] = field(default_factory=deque)  # + work units
+    leases: Counter[str] = field(default_factory=Counter)  # adapter -> jobs held that use it
     busy: int = 0  # work units left on the job in service
-    current: tuple[int, int] = (0, 0)  # job and arrival tick of the job in service
+    current: tuple[int, str | None, int] = (0, None, 0)  # the job in service, as in `queued`
     loads: int = 0
     work: int = 0  # work units spent (jobs + loads)
 
     @property
     def backlog(self) -> int:
-        return len(self.fifo) + (self.busy > 0)
+        return len(self.queued) + len(self.held) + (self.busy > 0)
 
     def view(self, seen_at: float) -> WorkerView:
         return WorkerView(self.id, self.queues, frozenset(self.lru), self.backlog, seen_at)
 
-    def _needs_load(self, lora_id: str | None) -> bool:
+    def enqueue(self, job: int, lora_id: str | None, now: int) -> None:
+        self.queued.append((job, lora_id, now))
+        self._take()
+
+    def _take(self) -> None:
+        """Take queued jobs, in order, while fewer than `concurrency` are held and the next
+        one's adapter can be leased."""
+        while self.queued and len(self.held) + (self.busy > 0) < self.concurrency:
+            job, lora_id, arrived = self.queued[0]
+            units = self._lease(lora_id)
+            if units is None:
+                return
+            self.queued.popleft()
+            self.held.append((job, lora_id, arrived, units))
+
+    def _lease(self, lora_id: str | None) -> int | None:
+        """The job's work units, its adapter leased (and loaded, if cold); None while every
+        slot is leased to other jobs."""
         if lora_id is None:
-            return False
+            return UNITS
+        warm = lora_id in self.lru
+        unleased = [] if warm else [a for a in self.lru if not self.leases[a]]
+        if not warm and len(self.lru) >= self.slots and not unleased:
+            return None
         if self.uses is not None:
             self.uses.record(lora_id)
-        if lora_id in self.lru:
+        self.leases[lora_id] += 1
+        if warm:
             self.lru.move_to_end(lora_id)
-            return False
+            return UNITS
         self.loads += 1
         if len(self.lru) >= self.slots:
-            victim = self.uses.least_used(self.lru, str) if self.uses else next(iter(self.lru))
+            victim = self.uses.least_used(unleased, str) if self.uses else unleased[0]
             assert victim is not None
             del self.lru[victim]
         self.lru[lora_id] = None
-        return True
+        return UNITS + self.load_units
+
+    def _release(self, lora_id: str | None) -> None:
+        if lora_id is not None:
+            self.leases[lora_id] -= 1
+            if not self.leases[lora_id]:
+                del self.leases[lora_id]
 
     def step(self, now: int, done: list[tuple[int, int]]) -> None:
         """One tick of service; finished jobs go to `done` as (job, latency in ticks)."""
         budget = UNITS
         while budget:
             if self.busy == 0:
-                if not self.fifo:
+                if not self.held:
                     return
-                job, lora_id, arrived = self.fifo.popleft()
-                self.current = (job, arrived)
-                self.busy = UNITS + self.load_units * self._needs_load(lora_id)
+                job, lora_id, arrived, self.busy = self.held.popleft()
+                self.current = (job, lora_id, arrived)
             spent = min(budget, self.busy)
             self.busy -= spent
             budget -= spent
             self.work += spent
             if self.busy == 0:
-                done.append((self.current[0], now + 1 - self.current[1]))
+                job, lora_id, arrived = self.current
+                self._release(lora_id)
+                self._take()
+                done.append((job, now + 1 - arrived))
 
 
 class Policy(Protocol):
@@ -382,6 +425,7 @@ def simulate(cfg: SimConfig, policy: Policy, workload: Workload, clock: SimClock
             wid,
             queues,
             cfg.slots,
+            cfg.concurrency,
             round(cfg.load_cost * UNITS),
             UseCounts(cfg.use_halflife) if cfg.eviction == "uses" else None,
         )
@@ -398,7 +442,7 @@ def simulate(cfg: SimConfig, policy: Policy, workload: Workload, clock: SimClock
         clock.at(now + 0.1)
         for _ in range(arrivals(cfg, workload, now, job, sum(w.backlog for w in workers))):
             lora_id = workload.lora_ids[job]
-            workers[policy.pick(job, lora_id, f"j{job}")].fifo.append((job, lora_id, now))
+            workers[policy.pick(job, lora_id, f"j{job}")].enqueue(job, lora_id, now)
             job += 1
         samples.add([w.backlog for w in workers])
         serve(workers, now, clock, policy, latencies)

@@ -13,11 +13,13 @@ from bench.routing_sim import (
     LeastLoaded,
     SimClock,
     SimConfig,
+    SimWorker,
     Workload,
     make_workload,
     run_policy,
     simulate,
 )
+from worker.eviction import UseCounts
 
 pytestmark = pytest.mark.unit
 
@@ -108,3 +110,31 @@ def test_no_policy_loads_less_than_the_clairvoyant_floor() -> None:
     assert clairvoyant <= reference_static_loads(TINY, workload)
     for policy in ("loraq", "round_robin", "hashing", "least_loaded"):
         assert run_policy(TINY, policy, workload).loads_per_1000_jobs >= clairvoyant
+
+
+def test_a_worker_leases_the_adapters_of_the_jobs_it_holds() -> None:
+    """Two slots, three task threads: a and b are taken and leased; c waits in the queue, since
+    every slot is leased, until a is done and its slot can go."""
+    worker = SimWorker("w0", (), slots=2, concurrency=3, load_units=0, uses=UseCounts(1024))
+    for job, lora_id in enumerate(["a", "b", "c"]):
+        worker.enqueue(job, lora_id, now=0)
+    assert (len(worker.held), len(worker.queued), worker.loads) == (2, 1, 2)
+    done: list[tuple[int, int]] = []
+    worker.step(0, done)  # one job's service per tick
+    assert done == [(0, 1)]
+    assert list(worker.lru) == ["b", "c"]
+    assert (len(worker.held), len(worker.queued), worker.loads) == (2, 0, 3)
+
+
+def test_a_held_jobs_adapter_is_not_evicted_for_a_less_used_one() -> None:
+    """One thread: b (used once) is the least used when c comes, so c takes its slot. With a
+    second thread holding the next b job, b is leased and the more used a must go instead."""
+    for concurrency, evicted in ((1, "b"), (2, "a")):
+        worker = SimWorker("w0", (), slots=2, concurrency=concurrency, load_units=0,
+                           uses=UseCounts(1024))  # fmt: skip
+        for job, lora_id in enumerate(["a", "a", "b", "c", "b"]):
+            worker.enqueue(job, lora_id, now=0)
+        done: list[tuple[int, int]] = []
+        for tick in range(3):  # a, a and b done, c taken
+            worker.step(tick, done)
+        assert evicted not in worker.lru, concurrency
