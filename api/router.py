@@ -14,14 +14,17 @@ its shards (and the jobs in them) pass to other workers when its leases expire.
 
 The router is plain code over snapshots (`WorkerView`), so the gateway and the routing simulator
 (`bench/routing_sim.py`) run exactly this. Heartbeats are a little old, so the router corrects them
-with what it saw itself: a job published after a worker's heartbeat adds to that worker's load
-until the job completes; a job published before the heartbeat that completed after it comes off.
-A burst between two heartbeats then does not all land on one worker, and a worker that just
+with what it saw itself: a job published after a worker's heartbeat was taken adds to that
+worker's load until the job completes; a job published before it that completed after it comes
+off. A burst between two heartbeats then does not all land on one worker, and a worker that just
 finished is not mistaken for a busy one. A job counts from when its message is on the queue
 (`published`), not from when it was routed: a heartbeat taken between the two does not count it,
-and under a burst many publishes are in flight at once. `seen_at` is on the router's own clock
-(the gateway derives it from when it first saw each heartbeat), so clock skew between hosts does
-not matter. Routing a job costs O(workers); a snapshot costs O(jobs in flight).
+and under a burst many publishes are in flight at once. When a heartbeat was taken is known only
+to within an interval on the router's own clock (`sampled_from`, `sampled_to`: the gateway maps
+the Redis clock onto its own, so clock skew between hosts does not matter); where the interval
+leaves it open whether the heartbeat counts a job, the router counts the job, so it may think a
+worker busier than it is, never less busy. Routing a job costs O(workers); a snapshot costs
+O(jobs in flight).
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class WorkerView:
     queues: tuple[str, ...]  # the shard queues it consumes now
     warm: frozenset[str]  # adapters in its device slots
     backlog: int  # jobs queued for it or in flight on it
-    seen_at: float  # on the router's clock: every job placed by then is in `backlog`
+    sampled_from: float  # on the router's clock, `backlog` was taken no earlier than this
+    sampled_to: float  # and no later than this
 
 
 @dataclass(frozen=True)
@@ -64,17 +68,17 @@ class Router:
         self.epsilon = epsilon
         self._clock = clock
         self._workers: list[WorkerView] = []
-        self._seen: dict[str, float] = {}
+        self._seen: dict[str, tuple[float, float]] = {}  # worker -> (sampled from, sampled to)
         # job -> (worker, published at, routed at)
         self._outstanding: dict[str, tuple[str, float, float]] = {}
-        self._after: dict[str, int] = {}  # outstanding jobs published after the worker's heartbeat
+        self._after: dict[str, int] = {}  # outstanding jobs its heartbeat may not count
         self._finished: dict[str, list[tuple[float, float]]] = {}  # (published, done) per worker
         self._done_counted: dict[str, int] = {}  # finished jobs its heartbeat still counts
 
     def update(self, workers: Sequence[WorkerView]) -> None:
         """A fresh snapshot of the live workers."""
         self._workers = [w for w in workers if w.queues]
-        seen = self._seen = {w.id: w.seen_at for w in self._workers}
+        seen = self._seen = {w.id: (w.sampled_from, w.sampled_to) for w in self._workers}
         horizon = self._clock() - PLACEMENT_MEMORY_S
         self._outstanding = {
             job: (wid, at, routed)
@@ -83,15 +87,17 @@ class Router:
         }
         self._after = dict.fromkeys(seen, 0)
         for wid, at, _ in self._outstanding.values():
-            if at > seen[wid]:
+            if at > seen[wid][0]:
                 self._after[wid] += 1
+        # Completions a heartbeat may still count: dropped once one was surely taken after them.
         self._finished = {
-            wid: [(p, d) for p, d in pairs if d > seen[wid]]
+            wid: [(p, d) for p, d in pairs if d >= seen[wid][0]]
             for wid, pairs in self._finished.items()
             if wid in seen
         }
         self._done_counted = {
-            wid: sum(1 for p, _ in pairs if p <= seen[wid]) for wid, pairs in self._finished.items()
+            wid: sum(1 for p, d in pairs if p <= seen[wid][0] and d > seen[wid][1])
+            for wid, pairs in self._finished.items()
         }
 
     def published(self, job_id: str) -> None:
@@ -111,9 +117,9 @@ class Router:
         if wid not in self._seen:
             return
         now = self._clock()
-        if at > self._seen[wid]:
+        if at > self._seen[wid][0]:
             self._after[wid] -= 1
-        else:
+        else:  # the heartbeat in hand was taken before now, so it still counts this job
             self._done_counted[wid] = self._done_counted.get(wid, 0) + 1
         # A later heartbeat taken before `now` still counts this job: remember when it ended.
         self._finished.setdefault(wid, []).append((at, now))

@@ -19,7 +19,7 @@ from common.errors import QueueFull
 from common.metrics import QUEUE_DEPTH, QUEUE_OLDEST_AGE
 from common.schemas import WorkerInfo
 from common.settings import Settings
-from common.workers import live_workers
+from common.workers import live_workers, redis_time
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ class RoutingTable:
         self.depth = dict.fromkeys(settings.models, 0)
         self.workers: dict[str, list[WorkerInfo]] = {m: [] for m in settings.models}
         self.refreshed_at = 0.0
-        # Per worker: its last heartbeat's own timestamp, and since when (on our clock) it has
-        # been the one we hold. A heartbeat first seen now was written after our previous
-        # refresh began to read, so it counts every job published before that.
-        self._heartbeats: dict[str, tuple[float, float]] = {}
-        self._read_at = 0.0
         self._admitted = dict.fromkeys(settings.models, 0)
         self._task: asyncio.Task[None] | None = None
 
@@ -69,14 +64,20 @@ class RoutingTable:
                 await self._task
 
     async def refresh(self) -> None:
-        read_at = time.time()
         infos = await live_workers(self._r)
         async with self._r.pipeline(transaction=False) as pipe:
+            pipe.time()
             for queues in self._queues.values():
                 for queue in queues:
                     pipe.llen(keys.queue_list(queue))
                     pipe.lindex(keys.queue_list(queue), -1)  # the oldest (LPUSH, BRPOP)
+            asked = time.time()
             replies = iter(await pipe.execute())
+            answered = time.time()
+        # Redis read its clock after we asked and before we had the answer: that bounds how far
+        # its clock is ahead of ours, and so when, on our clock, each worker took its backlog.
+        redis_now = redis_time(next(replies))
+        ahead_min, ahead_max = redis_now - answered, redis_now - asked
         lengths = []
         for queues in self._queues.values():
             for queue in queues:
@@ -85,13 +86,7 @@ class RoutingTable:
                 QUEUE_OLDEST_AGE.labels(queue).set(message_age(oldest, time.time()))
                 lengths.append(depth)
         lengths_iter = iter(lengths)
-        previous, self._read_at = self._read_at, read_at
         self.refreshed_at = time.time()
-        self._heartbeats = {
-            w.id: old if (old := self._heartbeats.get(w.id)) and old[0] == w.seen_at
-            else (w.seen_at, previous)
-            for w in infos
-        }  # fmt: skip
         for model, router in self._routers.items():
             shared = keys.model_queue(model)
             self.workers[model] = [w for w in infos if w.model == model]
@@ -102,7 +97,8 @@ class RoutingTable:
                         tuple(q for q in w.queues if q != shared),
                         frozenset(w.warm_adapters),
                         w.backlog,
-                        self._heartbeats[w.id][1],
+                        w.backlog_at - ahead_max,
+                        w.backlog_at - ahead_min,
                     )
                     for w in self.workers[model]
                 ]
@@ -133,6 +129,10 @@ class RoutingTable:
 
     def published(self, model: str, job_id: str) -> None:
         self._routers[model].published(job_id)
+
+    def loads(self, model: str) -> dict[str, int]:
+        """Per live worker, the load the router decides on."""
+        return self._routers[model].loads()
 
     def completed(self, job_id: str) -> None:
         for router in self._routers.values():

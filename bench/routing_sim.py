@@ -184,7 +184,7 @@ class SimWorker:
         return len(self.queued) + len(self.held) + (self.busy > 0)
 
     def view(self, seen_at: float) -> WorkerView:
-        return WorkerView(self.id, self.queues, frozenset(self.lru), self.backlog, seen_at)
+        return WorkerView(self.id, self.queues, frozenset(self.lru), self.backlog, seen_at, seen_at)
 
     def enqueue(self, job: int, lora_id: str | None, now: int) -> None:
         self.queued.append((job, lora_id, now))

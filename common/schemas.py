@@ -182,6 +182,10 @@ class WorkerInfo(BaseModel):
     warm_adapters: list[str] = Field(default_factory=list)
     free_slots: int = 0
     backlog: int = 0
+    #: When `backlog` was sampled, on the Redis server's clock (its TIME, read atomically with the
+    #: queue lengths): one clock for every host, so the gateway can tell which of its placements
+    #: and completions the backlog already reflects. 0: unknown (every placement counts on top).
+    backlog_at: float = 0.0
     started_at: float
     seen_at: float
     adapter_loads: int = 0

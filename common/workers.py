@@ -25,6 +25,23 @@ def write_heartbeat(client: redis.Redis, info: WorkerInfo, heartbeat_s: float) -
         pipe.execute()
 
 
+def redis_time(reply: tuple[int, int]) -> float:
+    """Seconds from a Redis TIME reply (seconds, microseconds)."""
+    seconds, micros = reply
+    return seconds + micros / 1e6
+
+
+def queued_jobs(client: redis.Redis, queues: Sequence[str]) -> tuple[int, float]:
+    """Jobs waiting in `queues`, and when they were counted on the Redis clock, in one
+    transaction: no job can be pushed or popped between the count and the time."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.time()
+        for queue in queues:
+            pipe.llen(keys.queue_list(queue))
+        now, *lengths = pipe.execute()
+    return sum(lengths), redis_time(now)
+
+
 def remove_worker(client: redis.Redis, worker_id: str) -> None:
     with client.pipeline(transaction=True) as pipe:
         pipe.delete(keys.worker(worker_id))

@@ -26,7 +26,7 @@ from common.jobs import JobStore
 from common.queueing import publish, publish_webhook
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
-from common.workers import live_worker_ids, remove_worker, write_heartbeat
+from common.workers import live_worker_ids, queued_jobs, remove_worker, write_heartbeat
 from worker.adapter_cache import AdapterCache
 from worker.adapter_files import AdapterRules
 from worker.adapter_sources import sources_from_settings
@@ -131,10 +131,7 @@ class WorkerProcess:
     def info(self) -> WorkerInfo:
         cache, batches = self.cache.stats, self.batcher.stats
         shard_queues = self.leases.queues()
-        with self.redis.pipeline(transaction=False) as pipe:
-            for queue in shard_queues:
-                pipe.llen(keys.queue_list(queue))
-            queued = sum(pipe.execute())
+        queued, queued_at = queued_jobs(self.redis, shard_queues)
         return WorkerInfo(
             id=self.id,
             model=self.settings.worker.model,
@@ -142,6 +139,7 @@ class WorkerProcess:
             warm_adapters=self.cache.warm(),
             free_slots=self.cache.free_slots(),
             backlog=queued + self.runner.in_flight,
+            backlog_at=queued_at,
             started_at=self.started_at,
             seen_at=time.time(),
             adapter_loads=cache.loads,

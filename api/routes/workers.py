@@ -20,6 +20,7 @@ async def workers(gw: GatewayDep, _: CallerDep) -> dict[str, Any]:
             model: {
                 "queued": table.depth[model],
                 "workers": [w.model_dump() for w in table.workers[model]],
+                "loads": table.loads(model),
             }
             for model in gw.settings.models
         },

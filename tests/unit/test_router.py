@@ -2,7 +2,8 @@
 
 The router decides on loads = heartbeat backlog, corrected by its own placements after the
 heartbeat and by completions of jobs the heartbeat still counted. Tests give views a `seen_at`
-and the router a clock that moves on at every call, as `time.time` does.
+(when the heartbeat was taken: both `sampled_from` and `sampled_to`) and the router a clock that
+moves on at every call, as `time.time` does.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def view(
     seen_at: float = SEEN,
 ) -> WorkerView:
     return WorkerView(
-        f"w{i}", queues_of(i) if queues is None else queues, frozenset(warm), backlog, seen_at
-    )
+        f"w{i}", queues_of(i) if queues is None else queues, frozenset(warm), backlog, seen_at,
+        seen_at,
+    )  # fmt: skip
 
 
 def router_with(views: list[WorkerView], epsilon: float = 0.25) -> Router:
@@ -254,6 +256,28 @@ def test_a_job_counts_from_its_publish_not_its_route() -> None:
     assert router.loads() == {"w0": 1}
 
 
+def test_a_completion_the_heartbeat_may_count_is_not_taken_off() -> None:
+    """Known only to within [from, to], a heartbeat may or may not count a job that finished in
+    that interval: the router keeps counting it (too busy, never too idle) until a heartbeat
+    surely taken after it; a job that finished after `to` is surely counted, and comes off."""
+    clock = Clock()
+    router = Router(MODEL, clock=clock)
+    router.update([view(0, 0)])
+    place(router, "x", "j1")
+    place(router, "x", "j2")
+    sampled_from = clock()
+    router.complete("j1")
+    sampled_to = clock()
+    taken = WorkerView("w0", queues_of(0), frozenset(), 2, sampled_from, sampled_to)
+    router.update([taken])  # it counted both
+    assert router.loads() == {"w0": 2}
+    router.complete("j2")
+    assert router.loads() == {"w0": 1}
+    later = clock()
+    router.update([view(0, 0, seen_at=later)])
+    assert router.loads() == {"w0": 0}
+
+
 def test_a_job_whose_publish_failed_comes_off() -> None:
     router = router_with([view(0, 0)])
     router.route("x", "j1")
@@ -268,7 +292,7 @@ import json
 from api.router import Router, WorkerView
 router = Router("org/model", clock=lambda: 2000.0)
 queues = lambda i: (f"jobs.org-model.{2 * i}", f"jobs.org-model.{2 * i + 1}")
-router.update([WorkerView(f"w{i}", queues(i), frozenset(), 1000, 1000.0) for i in range(5)])
+router.update([WorkerView(f"w{i}", queues(i), frozenset(), 1000, 1e3, 1e3) for i in range(5)])
 print(json.dumps([router.route(f"a{a}", f"j{a}").queue for a in range(30)]))
 """
 
