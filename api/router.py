@@ -39,7 +39,8 @@ from common.hashing import stable_hash
 
 #: Placements are remembered this long at most (a completion notice can be missed).
 PLACEMENT_MEMORY_S = 600.0
-#: When a placement whose message is not yet published happened: after every heartbeat.
+#: The publish time of a placement still being published: later than any heartbeat, so every
+#: heartbeat's backlog is taken to leave it out.
 UNPUBLISHED = math.inf
 
 

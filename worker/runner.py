@@ -75,8 +75,9 @@ class JobRunner:
         self.in_flight = 0
 
     def handle(self, payload: dict[str, Any]) -> None:
-        """Counted in `in_flight` from the moment the task thread has the message: the heartbeat's
-        backlog (shard queue lengths + this) then misses no job that has left its queue."""
+        """Counted in `in_flight` from the moment the task thread has the message, before the
+        claim's Redis round trip, so the heartbeat's backlog (shard queue lengths + this) still
+        counts a job that has left its queue."""
         with self._lock:
             self.in_flight += 1
         try:
