@@ -22,9 +22,9 @@ finished is not mistaken for a busy one. A job counts from when its message is o
 and under a burst many publishes are in flight at once. When a heartbeat was taken is known only
 to within an interval on the router's own clock (`sampled_from`, `sampled_to`: the gateway maps
 the Redis clock onto its own, so clock skew between hosts does not matter); where the interval
-leaves it open whether the heartbeat counts a job, the router counts the job, so it may think a
-worker busier than it is, never less busy. Routing a job costs O(workers); a snapshot costs
-O(jobs in flight).
+leaves it open whether the heartbeat counts a job, the router counts the job: it errs towards
+thinking a worker busier than it is. Routing a job costs O(workers); a snapshot costs O(jobs in
+flight).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class Router:
                 self._after[wid] += 1
         # Completions a heartbeat may still count: dropped once one was surely taken after them.
         self._finished = {
-            wid: [(p, d) for p, d in pairs if d >= seen[wid][0]]
+            wid: [(p, d) for p, d in pairs if d >= seen[wid][0] and d > horizon]
             for wid, pairs in self._finished.items()
             if wid in seen
         }

@@ -27,10 +27,10 @@ Model (one tick = the time a worker takes to serve one job; `tick_s` = 10 ms by 
   warm until the job runs, but the slots that leases pin leave eviction fewer choices;
   `--concurrency 1` is a worker that takes each job only when it starts serving it.
 - Like the gateway: workers write heartbeats (`WorkerView`: shard queues, warm = slot contents,
-  backlog = jobs queued, held or in service, seen_at) every `heartbeat` ticks (2 s, phases
-  staggered); the router gets the latest heartbeats every `refresh` ticks (0.5 s) and hears every
-  completion.
-  `loraq_fresh` is the same router fed views read at each update (heartbeat 0): exact backlogs.
+  backlog = jobs queued, held or in service, and the exact time it was taken) every `heartbeat`
+  ticks (2 s, phases staggered); the router gets the latest heartbeats every `refresh` ticks
+  (0.5 s) and hears every completion. `loraq_fresh` is the same router fed views read at each
+  update (heartbeat 0): exact backlogs.
 - Baselines through the same loop and the same workers: round-robin (job i -> worker i mod n),
   plain hashing (`stable_hash(lora_id) % n`; base jobs round-robin), neither bounded, and
   least-loaded (every job to the worker with the fewest jobs: the best balance there is); with
@@ -44,10 +44,9 @@ Metrics per policy:
   each worker's real backlog (queued, held or in service); over the ticks whose mean backlog is
   at least `min_mean` (2 jobs: below that one job more is already a ratio of 1.5;
   `balance_samples` says which share of ticks that leaves), the 99th percentile of max backlog /
-  mean backlog
-  (`..._mean`: the mean, `..._max`: the maximum). `..._even`: the same p99 had each sampled
-  total been split as evenly as integers allow; no policy can do better. With 2 to 4 jobs per
-  worker that is already far above 1.25 (17 jobs on 8 workers: 3 / 2.125 = 1.41).
+  mean backlog (`..._mean`: the mean, `..._max`: the maximum). `..._even`: the same p99 had each
+  sampled total been split as evenly as integers allow; no policy can do better. With 2 to 4 jobs
+  per worker that is already far above 1.25 (17 jobs on 8 workers: 3 / 2.125 = 1.41).
 - What the router guarantees is narrower, and checked here on every loraq placement
   (`cap_violations`, must be 0): on the loads it decides on (heartbeat backlog corrected by its own
   placements and completions since), no worker is sent a job above `ceil((1 + eps) x (total + 1) /
