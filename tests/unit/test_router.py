@@ -258,8 +258,8 @@ def test_a_job_counts_from_its_publish_not_its_route() -> None:
 
 def test_a_completion_the_heartbeat_may_count_is_not_taken_off() -> None:
     """Known only to within [from, to], a heartbeat may or may not count a job that finished in
-    that interval: the router keeps counting it (too busy, never too idle) until a heartbeat
-    surely taken after it; a job that finished after `to` is surely counted, and comes off."""
+    that interval: the router keeps counting it (erring towards busy) until a heartbeat surely
+    taken after it; a job that finished after `to` is surely counted, and comes off."""
     clock = Clock()
     router = Router(MODEL, clock=clock)
     router.update([view(0, 0)])

@@ -19,10 +19,12 @@ from bench.routing_sim import (
     run_policy,
     simulate,
 )
+from common.settings import AdapterSettings
 from worker.eviction import UseCounts
 
 pytestmark = pytest.mark.unit
 
+HALFLIFE = AdapterSettings().use_halflife
 TINY = SimConfig(adapters=50, workers=4, slots=8, jobs=4000, shards=8)
 
 
@@ -115,7 +117,7 @@ def test_no_policy_loads_less_than_the_clairvoyant_floor() -> None:
 def test_a_worker_leases_the_adapters_of_the_jobs_it_holds() -> None:
     """Two slots, three task threads: a and b are taken and leased; c waits in the queue, since
     every slot is leased, until a is done and its slot can go."""
-    worker = SimWorker("w0", (), slots=2, concurrency=3, load_units=0, uses=UseCounts(1024))
+    worker = SimWorker("w0", (), slots=2, concurrency=3, load_units=0, uses=UseCounts(HALFLIFE))
     for job, lora_id in enumerate(["a", "b", "c"]):
         worker.enqueue(job, lora_id, now=0)
     assert (len(worker.held), len(worker.queued), worker.loads) == (2, 1, 2)
@@ -131,7 +133,7 @@ def test_a_held_jobs_adapter_is_not_evicted_for_a_less_used_one() -> None:
     second thread holding the next b job, b is leased and the more used a must go instead."""
     for concurrency, evicted in ((1, "b"), (2, "a")):
         worker = SimWorker("w0", (), slots=2, concurrency=concurrency, load_units=0,
-                           uses=UseCounts(1024))  # fmt: skip
+                           uses=UseCounts(HALFLIFE))  # fmt: skip
         for job, lora_id in enumerate(["a", "a", "b", "c", "b"]):
             worker.enqueue(job, lora_id, now=0)
         done: list[tuple[int, int]] = []
