@@ -247,3 +247,22 @@ class AdapterUnsupported(AdapterInvalid):
     """A LoRA feature the engine does not run (DoRA, trained biases, modules_to_save, ...)."""
 
     code = "ADAPTER_UNSUPPORTED"
+
+
+class AdapterConfigInvalid(AdapterInvalid):
+    """`adapter_config.json` is not a well-formed LoRA config: not a JSON object, a field of the
+    wrong type or out of range (`r` of 0, `lora_alpha` missing or a string, ...)."""
+
+    code = "ADAPTER_CONFIG_INVALID"
+
+
+class AdapterScaleTooLarge(AdapterInvalid):
+    """`lora_alpha / r` (or `/ sqrt(r)`) is finite but far beyond any training recipe."""
+
+    code = "ADAPTER_SCALE_TOO_LARGE"
+
+
+class AdapterOutsideDir(AdapterInvalid):
+    """The adapter's directory or one of its files links outside the adapter directory."""
+
+    code = "ADAPTER_OUTSIDE_DIR"

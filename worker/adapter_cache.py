@@ -4,8 +4,10 @@
 evicted or overwritten until the lease is released, so a batch never runs with weights swapped
 under it. Loading (disk → CPU → slot) runs in the acquiring task thread, never in the batch
 thread, so batches for other adapters keep running while one loads. Concurrent first uses of the
-same adapter share one load: the first caller loads, the others wait on its future. A failed load
-is not cached; every waiter gets the same error.
+same adapter share one load: the first caller loads, the others wait on its future; every waiter
+of a failed load gets the same error. A refusal (`ADAPTER_*`) is remembered by the adapter's content
+hash (`Refusals`), so a broken adapter is read but not validated again on every job, and fixing its
+files lifts it at once; other failures (a source down, a failed slot write) are not remembered.
 
 A slot is taken from the least used unleased adapter of late, the least recent among equals
 (`worker.eviction`); the CPU tier, a victim cache for slots, is plain LRU. Adapters named in
@@ -17,14 +19,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from common import metrics
-from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
+from common.errors import AdapterInvalid
+from worker.adapter_files import AdapterRules, BaseModelInfo, build_adapter, read_files
 from worker.engine.lora import AdapterWeights
 from worker.eviction import UseCounts
 
@@ -50,6 +53,47 @@ class CacheStats:
     evictions: int = 0
 
 
+class Refusals:
+    """Adapters refused of late, by (adapter id, content hash): at most `capacity`, each for
+    `ttl_s`. Holds the error's class and message, raised anew each time (one exception object
+    raised again and again would grow its traceback)."""
+
+    def __init__(
+        self,
+        capacity: int = 256,
+        ttl_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._capacity, self._ttl_s, self._clock = capacity, ttl_s, clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[Hashable, tuple[float, type[AdapterInvalid], str]] = (
+            OrderedDict()
+        )
+
+    def check(self, key: Hashable) -> None:
+        """Raise the remembered refusal of `key`, if any."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return
+            expires, kind, message = entry
+            if self._clock() >= expires:
+                del self._entries[key]
+                return
+        raise kind(message)
+
+    def add(self, key: Hashable, error: AdapterInvalid) -> None:
+        with self._lock:
+            self._entries[key] = (self._clock() + self._ttl_s, type(error), error.message)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
 @dataclass
 class _Slot:
     lora_id: str | None = None
@@ -70,6 +114,7 @@ class AdapterCache:
         *,
         use_halflife: int,
         pin_memory: bool = False,
+        refusals: Refusals | None = None,
     ) -> None:
         self._fetch = fetch
         self._engine = engine
@@ -84,6 +129,7 @@ class AdapterCache:
         self._loading: dict[str, Future[AdapterWeights]] = {}
         self._pinned: set[str] = set()
         self._uses = UseCounts(use_halflife)
+        self._refusals = refusals if refusals is not None else Refusals()
         self.stats = CacheStats()
 
     def pin(self, lora_id: str) -> None:
@@ -212,7 +258,14 @@ class AdapterCache:
 
     def _load(self, lora_id: str) -> AdapterWeights:
         started = time.perf_counter()
-        weights = read_adapter(lora_id, self._fetch(lora_id), self._engine.base_info, self._rules)
+        files = read_files(lora_id, self._fetch(lora_id), self._rules)
+        refusal = (lora_id, files.content_hash)
+        self._refusals.check(refusal)
+        try:
+            weights = build_adapter(lora_id, files, self._engine.base_info, self._rules)
+        except AdapterInvalid as exc:
+            self._refusals.add(refusal, exc)
+            raise
         if self._pin_memory:
             weights = pin(weights)
         with self._lock:

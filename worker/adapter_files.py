@@ -2,22 +2,24 @@
 
 Adapters are PEFT's own save format: `adapter_config.json` + `adapter_model.safetensors`
 (`worker.adapter_sources` finds them). Validation refuses, each with its own error code, anything
-the engine would run wrongly or that could hurt the worker: pickle weights, non-LoRA adapters,
-LoRA variants we do not compute (DoRA, trained biases, extra saved modules), tensors that do not
-match the config or the base model, ranks above the pool's, NaN/inf, oversize files and adapters
-trained for another base model.
+the engine would run wrongly or that could hurt the worker: pickle weights, malformed configs
+(`worker.adapter_config`), non-LoRA adapters, LoRA variants we do not compute (DoRA, trained
+biases, extra saved modules), tensors that do not match the config or the base model, ranks above
+the pool's, NaN/inf weights or scales, oversize files and adapters trained for another base model.
+
+Reading (`read_files`: bounded reads and a content hash) is apart from validating
+(`build_adapter`), so the adapter cache can remember a refusal by what was refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,23 +27,37 @@ from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.errors import (
     AdapterBaseMismatch,
     AdapterNonFinite,
-    AdapterNotLora,
+    AdapterNotFound,
     AdapterRankTooHigh,
+    AdapterScaleTooLarge,
     AdapterShapeMismatch,
     AdapterTargetMissing,
     AdapterTensorsMismatch,
     AdapterTooLarge,
     AdapterUnsafeFormat,
-    AdapterUnsupported,
 )
 from common.settings import BaseMismatchPolicy
+from worker.adapter_config import (
+    MAX_CONFIG_BYTES,
+    LoraConfigFile,
+    Patterns,
+    compile_patterns,
+    parse_config,
+    shown,
+)
 from worker.engine.lora import AdapterWeights, LoraModuleWeights
 
 log = logging.getLogger(__name__)
 
 _KEY_RE = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[A-Za-z0-9_-]+)?\.weight")
+#: Where PEFT puts the base model's modules in the names of saved tensors.
+_PEFT_PREFIX = "base_model.model."
 #: Modules whose LoRA cannot change a sentence embedding (the pooler output is never used).
 _IGNORED_MODULE_PREFIXES = ("pooler.",)
+#: |lora_alpha / r| above this is a unit mistake or an attack, not a training recipe (common
+#: ones stay below 100); the delta would swamp the base weights, or overflow half precision.
+MAX_SCALE = 1000.0
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -66,10 +82,25 @@ class AdapterRules:
     base_mismatch: BaseMismatchPolicy
 
 
+@dataclass(frozen=True)
+class AdapterFiles:
+    """An adapter's bytes, read once, so what is validated is exactly what was hashed."""
+
+    config: bytes
+    weights: bytes
+    content_hash: str
+
+
 def read_adapter(
     lora_id: str, path: Path, base: BaseModelInfo, rules: AdapterRules
 ) -> AdapterWeights:
+    return build_adapter(lora_id, read_files(lora_id, path, rules), base, rules)
+
+
+def read_files(lora_id: str, path: Path, rules: AdapterRules) -> AdapterFiles:
     config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_file.is_file():
+        raise AdapterNotFound(f"adapter {lora_id!r} has no {CONFIG_FILE}")
     if not weights_file.is_file():
         if (path / PICKLE_FILE).is_file():
             raise AdapterUnsafeFormat(
@@ -77,22 +108,102 @@ def read_adapter(
                 f"{WEIGHTS_FILE} is loaded"
             )
         raise AdapterTensorsMismatch(f"adapter {lora_id!r} has no {WEIGHTS_FILE}")
-    for file in (config_file, weights_file):
-        if file.stat().st_size > rules.max_file_bytes:
-            raise AdapterTooLarge(
-                f"adapter {lora_id!r}: {file.name} is {file.stat().st_size} bytes, over the "
-                f"limit of {rules.max_file_bytes}"
-            )
-    config_bytes, weight_bytes = config_file.read_bytes(), weights_file.read_bytes()
+    config = _read_bounded(lora_id, config_file, min(rules.max_file_bytes, MAX_CONFIG_BYTES))
+    weights = _read_bounded(lora_id, weights_file, rules.max_file_bytes)
+    digest = hashlib.sha256(config + b"\0" + weights).hexdigest()[:16]
+    return AdapterFiles(config, weights, digest)
+
+
+def _read_bounded(lora_id: str, file: Path, limit: int) -> bytes:
+    """Never more than `limit` bytes in memory, even if the file grows while it is read."""
+    with file.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise AdapterTooLarge(
+            f"adapter {lora_id!r}: {file.name} is {max(size, len(data))} bytes, over the "
+            f"limit of {limit}"
+        )
+    return data
+
+
+def build_adapter(
+    lora_id: str, files: AdapterFiles, base: BaseModelInfo, rules: AdapterRules
+) -> AdapterWeights:
+    config = parse_config(lora_id, files.config)
+    ranks = compile_patterns(lora_id, "rank_pattern", config.rank_pattern)
+    alphas = compile_patterns(lora_id, "alpha_pattern", config.alpha_pattern)
+    trained_on = config.base_model_name_or_path
+    named_base = names_base(trained_on, base)
+    if named_base is False and rules.base_mismatch is BaseMismatchPolicy.REFUSE:
+        raise AdapterBaseMismatch(
+            f"adapter {lora_id!r} was trained on {shown(trained_on)}, which is not a known name "
+            f"of {base.model_id!r} (adapters.base_mismatch=refuse)"
+        )
     try:
-        config = json.loads(config_bytes)
-    except ValueError as exc:
-        raise AdapterNotLora(f"adapter {lora_id!r}: {CONFIG_FILE} is not JSON: {exc}") from exc
-    _check_config(lora_id, config, base, rules)
-    tensors = _load_safetensors(lora_id, weight_bytes)
-    digest = hashlib.sha256(config_bytes + b"\0" + weight_bytes).hexdigest()[:16]
-    modules = _build_modules(lora_id, config, tensors, base, rules)
-    return AdapterWeights(lora_id=lora_id, content_hash=digest, modules=modules)
+        _check_targets(lora_id, config, base)
+        tensors = _load_safetensors(lora_id, files.weights)
+        modules = _build_modules(lora_id, config, tensors, base, rules, ranks, alphas)
+    except (AdapterShapeMismatch, AdapterTargetMissing) as exc:
+        if named_base is False:  # a different name, and the shapes agree: another model
+            raise AdapterBaseMismatch(
+                f"{exc.message} (it names its base {shown(trained_on)}, not a known name of "
+                f"{base.model_id!r})"
+            ) from exc
+        raise
+    if named_base is False:
+        log.warning(
+            "adapter %r names its base %s, not a known name of %r; its modules fit, so it is "
+            "served (adapters.base_mismatch=warn)",
+            lora_id,
+            shown(trained_on),
+            base.model_id,
+        )
+    return AdapterWeights(lora_id=lora_id, content_hash=files.content_hash, modules=modules)
+
+
+def names_base(trained_on: str | None, base: BaseModelInfo) -> bool | None:
+    """Whether the adapter's `base_model_name_or_path` names the base model; None if it is
+    silent. PEFT writes whatever path the trainer loaded from, so spellings of one location
+    count as the same name (`name_keys`); any other name is for the module shapes to judge."""
+    if not trained_on:
+        return None
+    if trained_on in base.aliases:
+        return True
+    known = {key for alias in base.aliases for key in name_keys(alias)}
+    return not known.isdisjoint(name_keys(trained_on))
+
+
+def name_keys(name: str) -> set[str]:
+    """Forms of a model's name or path that identify the same model anywhere: a hub id in any
+    case, the hub id of a Hugging Face cache snapshot (`.../models--org--name/snapshots/<rev>`),
+    and a model inside an installed package, wherever its site-packages is."""
+    text = name.strip().replace("\\", "/").rstrip("/")
+    parts = [part for part in text.split("/") if part]
+    keys = {text.lower()}
+    for i, part in enumerate(parts):
+        if part.startswith("models--"):
+            keys.add(part.removeprefix("models--").replace("--", "/").lower())
+        if part in ("site-packages", "dist-packages") and i + 1 < len(parts):
+            keys.add("package:" + "/".join(parts[i + 1 :]))
+    return keys
+
+
+def _check_targets(lora_id: str, config: LoraConfigFile, base: BaseModelInfo) -> None:
+    """A `target_modules` list names module suffixes; a string (a regex in PEFT) is not
+    evaluated: the saved tensors say which modules the adapter really has."""
+    if not isinstance(config.target_modules, list):
+        return
+    names = [*base.modules, *(p + "dense" for p in _IGNORED_MODULE_PREFIXES)]
+    missing = [t for t in config.target_modules if not any(_suffix_match(t, n) for n in names)]
+    if missing:
+        raise AdapterTargetMissing(
+            f"adapter {lora_id!r} targets modules the base model lacks: {shown(missing)}"
+        )
+
+
+def _suffix_match(pattern: str, name: str) -> bool:
+    return name == pattern or name.endswith("." + pattern)
 
 
 def _load_safetensors(lora_id: str, data: bytes) -> dict[str, torch.Tensor]:
@@ -108,50 +219,6 @@ def _load_safetensors(lora_id: str, data: bytes) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _check_config(
-    lora_id: str, config: dict[str, Any], base: BaseModelInfo, rules: AdapterRules
-) -> None:
-    if config.get("peft_type") != "LORA":
-        raise AdapterNotLora(f"adapter {lora_id!r} is {config.get('peft_type')!r}, not LORA")
-    unsupported = {
-        "use_dora": bool(config.get("use_dora")),
-        "bias": config.get("bias", "none") != "none",
-        "modules_to_save": bool(config.get("modules_to_save")),
-        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
-        "lora_bias": bool(config.get("lora_bias")),
-        # Activated LoRA applies only after its invocation tokens; we would apply it everywhere.
-        "alora_invocation_tokens": bool(config.get("alora_invocation_tokens")),
-    }
-    if bad := [name for name, on in unsupported.items() if on]:
-        raise AdapterUnsupported(f"adapter {lora_id!r} uses unsupported LoRA options: {bad}")
-    trained_on = config.get("base_model_name_or_path")
-    if trained_on and trained_on not in base.aliases:
-        message = f"adapter {lora_id!r} was trained on {trained_on!r}, not on {base.model_id!r}"
-        if rules.base_mismatch is BaseMismatchPolicy.REFUSE:
-            raise AdapterBaseMismatch(message)
-        log.warning("%s; serving it anyway (adapters.base_mismatch=warn)", message)
-    targets = config.get("target_modules")
-    if isinstance(targets, list):
-        names = [*base.modules, *(p + "dense" for p in _IGNORED_MODULE_PREFIXES)]
-        missing = [t for t in targets if not any(_suffix_match(t, n) for n in names)]
-        if missing:
-            raise AdapterTargetMissing(
-                f"adapter {lora_id!r} targets modules the base model lacks: {missing}"
-            )
-
-
-def _suffix_match(pattern: str, name: str) -> bool:
-    return name == pattern or name.endswith("." + pattern)
-
-
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's rank_pattern / alpha_pattern lookup: a key matches a module name's dotted suffix."""
-    for key, value in patterns.items():
-        if key == module or re.match(rf"(.*\.)?(?:{key})$", module):
-            return value
-    return default
-
-
 def _canonical(module: str, base: BaseModelInfo) -> str | None:
     """Map a saved module path (`base_model.model.bert.encoder.layer.0...`) to ours."""
     if module in base.modules:
@@ -163,41 +230,52 @@ def _canonical(module: str, base: BaseModelInfo) -> str | None:
     return None
 
 
+@dataclass
+class _SavedModule:
+    #: The module's name in the model PEFT wrapped: what its rank/alpha patterns matched.
+    peft_name: str
+    tensors: dict[str, torch.Tensor]
+
+
 def _split_keys(
     lora_id: str, tensors: dict[str, torch.Tensor], base: BaseModelInfo
-) -> dict[str, dict[str, torch.Tensor]]:
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+) -> dict[str, _SavedModule]:
+    saved: dict[str, _SavedModule] = {}
     for key, tensor in tensors.items():
         match = _KEY_RE.fullmatch(key)
         if match is None:
-            raise AdapterTensorsMismatch(f"adapter {lora_id!r}: unexpected tensor {key!r}")
+            raise AdapterTensorsMismatch(f"adapter {lora_id!r}: unexpected tensor {shown(key)}")
         module = _canonical(match["module"], base)
         if module is None or (module not in base.modules and not module.startswith("pooler.")):
             raise AdapterTargetMissing(
-                f"adapter {lora_id!r}: tensor {key!r} targets a module the base model lacks"
+                f"adapter {lora_id!r}: tensor {shown(key)} targets a module the base model lacks"
             )
         if module.startswith(_IGNORED_MODULE_PREFIXES):
             continue
-        pairs.setdefault(module, {})[match["ab"]] = tensor
-    return pairs
+        peft_name = match["module"].removeprefix(_PEFT_PREFIX)
+        saved.setdefault(module, _SavedModule(peft_name, {})).tensors[match["ab"]] = tensor
+    return saved
 
 
 def _build_modules(
     lora_id: str,
-    config: dict[str, Any],
+    config: LoraConfigFile,
     tensors: dict[str, torch.Tensor],
     base: BaseModelInfo,
     rules: AdapterRules,
+    ranks: Patterns[int],
+    alphas: Patterns[float],
 ) -> dict[str, LoraModuleWeights]:
     modules: dict[str, LoraModuleWeights] = {}
-    for module, pair in _split_keys(lora_id, tensors, base).items():
+    for module, saved in _split_keys(lora_id, tensors, base).items():
+        pair = saved.tensors
         if set(pair) != {"A", "B"}:
             raise AdapterTensorsMismatch(
                 f"adapter {lora_id!r}: module {module} has lora_{''.join(pair)} but not both"
             )
         a, b = pair["A"].float(), pair["B"].float()
         shape = base.modules[module]
-        rank = _pattern_value(config.get("rank_pattern") or {}, module, config.get("r"))
+        rank = ranks.value(saved.peft_name, config.r)
         if a.shape != (rank, shape.in_features) or b.shape != (shape.out_features, rank):
             raise AdapterShapeMismatch(
                 f"adapter {lora_id!r}: {module} has A {tuple(a.shape)} and B {tuple(b.shape)}; "
@@ -209,9 +287,29 @@ def _build_modules(
             )
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise AdapterNonFinite(f"adapter {lora_id!r}: {module} has NaN or inf weights")
-        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha"))
-        scale = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        modules[module] = LoraModuleWeights(a=a.contiguous(), b=(b * scale).contiguous())
+        alpha = alphas.value(saved.peft_name, config.lora_alpha)
+        scale = alpha / (math.sqrt(rank) if config.use_rslora else rank)
+        scaled = _scaled(lora_id, module, b, scale)
+        modules[module] = LoraModuleWeights(a=a.contiguous(), b=scaled.contiguous())
     if not modules:
         raise AdapterTensorsMismatch(f"adapter {lora_id!r} has no LoRA tensors")
     return modules
+
+
+def _scaled(lora_id: str, module: str, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """`B * scale`, the weights the engine runs; checked after scaling, since a finite B with
+    an alpha of 1e45 (or NaN) is not a finite adapter."""
+    if not (math.isfinite(scale) and abs(scale) <= _FLOAT32_MAX):
+        raise AdapterNonFinite(
+            f"adapter {lora_id!r}: {module} has the scale {scale!r} (lora_alpha / r), which is "
+            "not a finite float32"
+        )
+    if abs(scale) > MAX_SCALE:
+        raise AdapterScaleTooLarge(
+            f"adapter {lora_id!r}: {module} has the scale {scale:g} (lora_alpha / r); at most "
+            f"{MAX_SCALE:g} is served"
+        )
+    scaled = b * scale
+    if not torch.isfinite(scaled).all():
+        raise AdapterNonFinite(f"adapter {lora_id!r}: {module} has inf weights once scaled")
+    return scaled

@@ -3,13 +3,15 @@
 Remote sources download into the local disk cache (`adapters.cache_dir`) and serve later loads
 from there, so a worker that restarts or evicts an adapter from memory does not fetch it again. A
 source answers None when it does not have the adapter; the chain answers `ADAPTER_NOT_FOUND` when
-none has it, and `ADAPTER_SOURCE_UNAVAILABLE` when a remote source could not be asked.
+none has it, and `ADAPTER_SOURCE_UNAVAILABLE` when a remote source could not be asked. What a
+source answers is contained in its root (`contained`), links resolved.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -17,13 +19,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE, adapter_path, exists_locally
-from common.errors import AdapterNotFound, AdapterSourceUnavailable
+from common.errors import AdapterNotFound, AdapterOutsideDir, AdapterSourceUnavailable
 from common.schemas import validate_lora_id
 from common.settings import AdapterSettings
 
 log = logging.getLogger(__name__)
 
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE, PICKLE_FILE)
+
+
+def contained(root: Path, found: Path, lora_id: str) -> Path:
+    """`found`, once it and each adapter file in it resolve inside `root`.
+
+    Following a symlink out of the root would serve, and quote in error messages, files nobody
+    published as an adapter. Links that stay inside (one adapter id aliasing another, the Hub
+    cache's snapshot-to-blob links) are fine. The message names no target: it reaches clients.
+    """
+    top = root.resolve()
+    entries = [(found, "its directory")]
+    entries += [(found / name, name) for name in ADAPTER_FILES if os.path.lexists(found / name)]
+    for entry, what in entries:
+        try:
+            inside = entry.resolve().is_relative_to(top)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not inside:
+            raise AdapterOutsideDir(
+                f"adapter {lora_id!r}: {what} resolves outside the adapter directory"
+            )
+    return found
 
 
 class AdapterSource(Protocol):
@@ -38,7 +62,9 @@ class LocalDirSource:
         self.root = root
 
     def fetch(self, lora_id: str) -> Path | None:
-        return adapter_path(self.root, lora_id) if exists_locally(self.root, lora_id) else None
+        if not exists_locally(self.root, lora_id):
+            return None
+        return contained(self.root, adapter_path(self.root, lora_id), lora_id)
 
 
 class HubSource:
@@ -84,7 +110,9 @@ class HubSource:
         except OSError as exc:
             raise AdapterSourceUnavailable(f"hub download of {lora_id!r} failed: {exc}") from exc
         found = Path(str(path))
-        return found if (found / CONFIG_FILE).is_file() else None
+        if not (found / CONFIG_FILE).is_file():
+            return None
+        return contained(self.cache_dir, found, lora_id)
 
 
 class S3Client(Protocol):
@@ -138,7 +166,7 @@ class S3Source:
         target = self.cache_dir / validate_lora_id(lora_id)
         stamp = target / ".etags.json"
         if stamp.is_file() and json.loads(stamp.read_text()) == etags:
-            return target
+            return contained(self.cache_dir, target, lora_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         try:
@@ -152,7 +180,7 @@ class S3Source:
         except Exception as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             raise AdapterSourceUnavailable(f"S3 download of {lora_id!r} failed: {exc}") from exc
-        return target
+        return contained(self.cache_dir, target, lora_id)
 
 
 def _is_missing(exc: Exception) -> bool:

@@ -1,7 +1,8 @@
 """The warm-adapter cache (worker/adapter_cache.py): slots, leases, eviction, pins, shared loads.
 
-Most tests replace `read_adapter` with a fake (controllable, countable) and the engine with a
-recording `SlotWriter`; one test runs the real chain on PEFT-saved adapters and a `LoraPool`.
+Most tests replace `read_files` / `build_adapter` with a fake (controllable, countable) and the
+engine with a recording `SlotWriter`; one test runs the real chain on PEFT-saved adapters and a
+`LoraPool`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import pytest
 import torch
 
 import worker.adapter_cache as adapter_cache
-from common.errors import AdapterNotFound, AdapterTensorsMismatch
+from common.errors import AdapterNonFinite, AdapterNotFound, AdapterTensorsMismatch
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.conftest import PEFT_WARNINGS, base_info_for, blocked_in, wait_until
-from worker.adapter_cache import AdapterCache, Lease
-from worker.adapter_files import AdapterRules, BaseModelInfo, ModuleShape
+from worker.adapter_cache import AdapterCache, Lease, Refusals
+from worker.adapter_files import AdapterFiles, AdapterRules, BaseModelInfo, ModuleShape
 from worker.engine.lora import AdapterWeights, LoraModuleWeights, LoraPool
 
 pytestmark = [
@@ -59,18 +60,24 @@ class FakeEngine:
 
 
 class FakeReader:
-    """Stands in for `read_adapter`: counts calls; `errors` and `gates` per adapter id."""
+    """Stands in for `read_files` + `build_adapter`: counts validations (`calls`);
+    `errors`, `gates` and the files' content hash (`contents`) per adapter id."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.errors: dict[str, Exception] = {}
         self.gates: dict[str, threading.Event] = {}
+        self.contents: dict[str, str] = {}
         self.lock = threading.Lock()
 
-    def __call__(
-        self, lora_id: str, path: Path, base: BaseModelInfo, rules: AdapterRules
-    ) -> AdapterWeights:
+    def read_files(self, lora_id: str, path: Path, rules: AdapterRules) -> AdapterFiles:
         assert path == Path("/adapters") / lora_id
+        assert rules is RULES
+        return AdapterFiles(b"", b"", self.contents.get(lora_id, "v1"))
+
+    def __call__(
+        self, lora_id: str, files: AdapterFiles, base: BaseModelInfo, rules: AdapterRules
+    ) -> AdapterWeights:
         assert base is BASE and rules is RULES
         with self.lock:
             self.calls.append(lora_id)
@@ -84,7 +91,8 @@ class FakeReader:
 @pytest.fixture
 def reader(monkeypatch: pytest.MonkeyPatch) -> FakeReader:
     fake = FakeReader()
-    monkeypatch.setattr(adapter_cache, "read_adapter", fake)
+    monkeypatch.setattr(adapter_cache, "read_files", fake.read_files)
+    monkeypatch.setattr(adapter_cache, "build_adapter", fake)
     return fake
 
 
@@ -95,7 +103,9 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 def make_cache(reader: FakeReader, engine: FakeEngine) -> Callable[..., AdapterCache]:
-    def make(n_slots: int = 2, cpu_capacity: int = 16) -> AdapterCache:
+    def make(
+        n_slots: int = 2, cpu_capacity: int = 16, refusals: Refusals | None = None
+    ) -> AdapterCache:
         return AdapterCache(
             lambda i: Path("/adapters") / i,
             engine,
@@ -103,6 +113,7 @@ def make_cache(reader: FakeReader, engine: FakeEngine) -> Callable[..., AdapterC
             n_slots,
             cpu_capacity,
             use_halflife=HALFLIFE,
+            refusals=refusals,
         )
 
     return make
@@ -278,7 +289,7 @@ def test_concurrent_first_use_loads_once(
     assert cache.free_slots() == 2
 
 
-def test_failed_load_reaches_every_waiter_and_is_not_cached(
+def test_failed_load_reaches_every_waiter_and_refusal_is_remembered(
     make_cache, reader: FakeReader, engine: FakeEngine, runner: Runner
 ) -> None:
     cache = make_cache(n_slots=2)
@@ -300,12 +311,48 @@ def test_failed_load_reaches_every_waiter_and_is_not_cached(
     assert cache.warm() == []
     assert cache.free_slots() == 2
 
-    # Not cached: the next acquire reads the files again, and succeeds once they are fixed.
+    # The same files are not validated again: the refusal is remembered by their content hash.
+    for _ in range(3):
+        with pytest.raises(AdapterTensorsMismatch, match="broken tensors"):
+            cache.acquire("org/bad", timeout=WAIT)
+    assert reader.calls == ["org/bad"]
+    # Fixed files (another content hash) are validated at once, and served.
     del reader.errors["org/bad"]
+    reader.contents["org/bad"] = "v2"
     lease = cache.acquire("org/bad", timeout=WAIT)
     assert reader.calls == ["org/bad", "org/bad"]
     assert lease.lora_id == "org/bad"
     cache.release(lease)
+
+
+def test_failure_that_is_no_refusal_is_not_remembered(make_cache, reader: FakeReader) -> None:
+    cache = make_cache()
+    reader.errors["org/flaky"] = OSError("disk hiccup")
+    with pytest.raises(OSError, match="disk hiccup"):
+        cache.acquire("org/flaky", timeout=WAIT)
+    del reader.errors["org/flaky"]
+    cache.release(cache.acquire("org/flaky", timeout=WAIT))
+    assert reader.calls == ["org/flaky", "org/flaky"]
+
+
+def test_refusals_expire_and_are_bounded(make_cache, reader: FakeReader) -> None:
+    now = [0.0]
+    refusals = Refusals(capacity=2, ttl_s=60.0, clock=lambda: now[0])
+    cache = make_cache(refusals=refusals)
+    for name in ("a", "b", "c"):
+        reader.errors[name] = AdapterNonFinite(f"{name} is NaN")
+        with pytest.raises(AdapterNonFinite):
+            cache.acquire(name, timeout=WAIT)
+    assert len(refusals) == 2  # "a", the oldest, made room
+    with pytest.raises(AdapterNonFinite, match="a is NaN"):
+        cache.acquire("a", timeout=WAIT)
+    with pytest.raises(AdapterNonFinite, match="c is NaN"):
+        cache.acquire("c", timeout=WAIT)
+    assert reader.calls == ["a", "b", "c", "a"]  # "c" came from memory
+    now[0] = 61.0
+    with pytest.raises(AdapterNonFinite, match="c is NaN"):
+        cache.acquire("c", timeout=WAIT)
+    assert reader.calls == ["a", "b", "c", "a", "c"]  # expired: validated again
 
 
 def test_fetch_failure_propagates(reader: FakeReader, engine: FakeEngine) -> None:
@@ -410,3 +457,31 @@ def test_real_adapters_into_a_lora_pool(make_adapter, make_base) -> None:
     assert cache.stats.evictions == 1
     assert use(cache, "org/q").content_hash == q.content_hash
     assert cache.stats.loads == 2
+
+
+@PEFT_WARNINGS
+def test_real_refusal_remembered_until_the_files_change(
+    make_adapter, make_base, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.conftest import edit_config
+
+    path = make_adapter("nan", r=2, lora_alpha=4, target_modules=["query"])
+    edit_config(path, lora_alpha=float("nan"))
+    validated: list[str] = []
+
+    def counting_build(lora_id: str, *args: Any) -> AdapterWeights:
+        validated.append(lora_id)
+        return real_build(lora_id, *args)
+
+    real_build = adapter_cache.build_adapter
+    monkeypatch.setattr(adapter_cache, "build_adapter", counting_build)
+    engine = FakeEngine()
+    engine.base_info = base_info_for(make_base())
+    cache = AdapterCache({"org/nan": path}.__getitem__, engine, RULES, 1, 1, use_halflife=HALFLIFE)
+    for _ in range(3):
+        with pytest.raises(AdapterNonFinite):
+            cache.acquire("org/nan", timeout=WAIT)
+    assert validated == ["org/nan"]
+    edit_config(path, lora_alpha=4)
+    assert use(cache, "org/nan").lora_id == "org/nan"
+    assert validated == ["org/nan", "org/nan"]

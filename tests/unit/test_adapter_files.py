@@ -17,7 +17,7 @@ from common import errors
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
 from tests.unit.conftest import BASE_ID, PEFT_WARNINGS, edit_config
-from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
+from worker.adapter_files import MAX_SCALE, AdapterRules, BaseModelInfo, read_adapter
 
 pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
 
@@ -99,10 +99,10 @@ def test_other_peft_types_are_not_lora(make_adapter, tiny_base_info, peft_type) 
         _read(path, tiny_base_info)
 
 
-def test_config_not_json_is_not_lora(make_adapter, tiny_base_info) -> None:
+def test_config_not_json_is_config_invalid(make_adapter, tiny_base_info) -> None:
     path = make_adapter("badjson", r=2, target_modules=["query"])
     (path / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(errors.AdapterNotLora, match="not JSON"):
+    with pytest.raises(errors.AdapterConfigInvalid, match="not JSON"):
         _read(path, tiny_base_info)
 
 
@@ -343,6 +343,9 @@ def test_refusals_are_permanent_422() -> None:
         errors.AdapterNonFinite,
         errors.AdapterTooLarge,
         errors.AdapterUnsupported,
+        errors.AdapterConfigInvalid,
+        errors.AdapterScaleTooLarge,
+        errors.AdapterOutsideDir,
     ]
     codes = {cls.code for cls in classes}
     assert len(codes) == len(classes)
@@ -438,3 +441,40 @@ def test_content_hash_stable_and_sensitive(make_adapter, tiny_base_info, tmp_pat
 
     edit_config(path, lora_alpha=32)
     assert _read(path, tiny_base_info).content_hash != first
+
+
+# -- the scale lora_alpha / r ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), float("-inf"), 1e45])
+def test_non_finite_scale_refused(make_adapter, tiny_base_info, alpha: float) -> None:
+    path = make_adapter("alpha", r=2, target_modules=["query"])
+    edit_config(path, lora_alpha=alpha)  # json writes NaN / Infinity, which PEFT reads back
+    with pytest.raises(errors.AdapterNonFinite, match="scale"):
+        _read(path, tiny_base_info)
+
+
+def test_non_finite_alpha_pattern_refused(make_adapter, tiny_base_info) -> None:
+    path = make_adapter("alphapattern", r=2, target_modules=["query", "value"])
+    edit_config(path, alpha_pattern={"value": float("nan")})
+    with pytest.raises(errors.AdapterNonFinite, match="value"):
+        _read(path, tiny_base_info)
+
+
+def test_absurd_scale_refused(make_adapter, tiny_base_info) -> None:
+    path = make_adapter("absurd", r=2, target_modules=["query"])
+    edit_config(path, lora_alpha=2 * MAX_SCALE)
+    assert len(_read(path, tiny_base_info).modules) == 2  # the largest scale served
+    edit_config(path, lora_alpha=2e6)
+    with pytest.raises(errors.AdapterScaleTooLarge) as info:
+        _read(path, tiny_base_info)
+    assert info.value.code == "ADAPTER_SCALE_TOO_LARGE"
+
+
+def test_weights_overflowing_once_scaled_refused(make_adapter, tiny_base_info) -> None:
+    path = make_adapter("overflow", r=2, lora_alpha=8, target_modules=["query"])
+    tensors = _saved(path)
+    tensors[f"{PREFIX}{L0}attention.self.query.lora_B.weight"][0, 0] = 3e38  # finite, x4 is not
+    _resave(path, tensors)
+    with pytest.raises(errors.AdapterNonFinite, match="once scaled"):
+        _read(path, tiny_base_info)

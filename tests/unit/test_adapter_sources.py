@@ -129,3 +129,80 @@ def test_sources_from_settings(tmp_path: Path) -> None:
         HubSource,
         S3Source,
     ]
+
+
+# -- containment: nothing outside the source's root is served or read --------------------------
+
+
+def test_symlinked_adapter_dir_outside_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "adapters"
+    outside = write_adapter(tmp_path / "elsewhere" / "secret")
+    (root / "org").mkdir(parents=True)
+    (root / "org" / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(errors.AdapterOutsideDir) as info:
+        LocalDirSource(root).fetch("org/link")
+    assert info.value.code == "ADAPTER_OUTSIDE_DIR"
+    assert "elsewhere" not in info.value.message
+
+
+def test_symlinked_config_outside_the_root_is_refused_unread(tmp_path: Path) -> None:
+    """The outside file is never opened, so no error can quote a field of it."""
+    root = tmp_path / "adapters"
+    adapter = write_adapter(root / "org" / "name", {"adapter_model.safetensors": b"weights"})
+    outside = tmp_path / "private.json"
+    outside.write_text('{"peft_type": "db-password-hunter2"}')
+    (adapter / "adapter_config.json").symlink_to(outside)
+    with pytest.raises(errors.AdapterOutsideDir, match=r"adapter_config\.json") as info:
+        ChainSource([LocalDirSource(root)]).fetch("org/name")
+    assert "hunter2" not in info.value.message and "private" not in info.value.message
+
+
+@pytest.mark.parametrize("name", ["adapter_model.safetensors", "adapter_model.bin"])
+def test_symlinked_weights_outside_the_root_are_refused(tmp_path: Path, name: str) -> None:
+    root = tmp_path / "adapters"
+    adapter = write_adapter(root / "org" / "name", {"adapter_config.json": b"{}"})
+    (tmp_path / "big").write_bytes(b"x")
+    (adapter / name).symlink_to(tmp_path / "big")
+    with pytest.raises(errors.AdapterOutsideDir, match=name):
+        LocalDirSource(root).fetch("org/name")
+
+
+def test_symlink_loop_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "adapters"
+    adapter = write_adapter(root / "org" / "name", {"adapter_config.json": b"{}"})
+    (adapter / "adapter_model.safetensors").symlink_to(adapter / "adapter_model.bin")
+    (adapter / "adapter_model.bin").symlink_to(adapter / "adapter_model.safetensors")
+    with pytest.raises(errors.AdapterOutsideDir):
+        LocalDirSource(root).fetch("org/name")
+
+
+def test_links_inside_the_root_are_served(tmp_path: Path) -> None:
+    """An adapter id aliasing another, and a root that is itself a symlink."""
+    real_root = tmp_path / "volume"
+    write_adapter(real_root / "org" / "v2")
+    (real_root / "org" / "latest").symlink_to(real_root / "org" / "v2", target_is_directory=True)
+    root = tmp_path / "adapters"
+    root.symlink_to(real_root, target_is_directory=True)
+    found = LocalDirSource(root).fetch("org/latest")
+    assert found == root / "org" / "latest"
+    assert (found / "adapter_model.safetensors").read_bytes() == b"weights"
+
+
+def test_hub_snapshot_links_to_its_blobs_are_served(tmp_path: Path) -> None:
+    """huggingface_hub's own layout: snapshot files are symlinks into the repo's blobs."""
+    snapshot = hub_cache(tmp_path / "hub", "org/legal-lora")
+    blobs = snapshot.parent.parent / "blobs"
+    blobs.mkdir()
+    for name in FILES:
+        blob = blobs / hashlib.sha256(FILES[name]).hexdigest()
+        (snapshot / name).rename(blob)
+        (snapshot / name).symlink_to(blob)
+    found = HubSource(tmp_path / "hub", offline=True).fetch("org/legal-lora")
+    assert found is not None
+    assert (found / "adapter_model.safetensors").read_bytes() == b"weights"
+    # ...but not a snapshot file pointing out of the Hub cache.
+    (snapshot / "adapter_model.safetensors").unlink()
+    (snapshot / "adapter_model.safetensors").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_bytes(b"x")
+    with pytest.raises(errors.AdapterOutsideDir):
+        HubSource(tmp_path / "hub", offline=True).fetch("org/legal-lora")

