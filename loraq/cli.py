@@ -293,7 +293,28 @@ def _keys_create(args: argparse.Namespace) -> int:
         "(second line) to the JSON list in LORAQ_AUTH__KEYS; the gateway keeps only its digest.",
         file=sys.stderr,
     )
+    print(_webhook_secret_note(args.tenant), file=sys.stderr)
     return 0
+
+
+def _webhook_secret_note(tenant: str) -> str:
+    """The tenant's webhook secret is derived from the master secret, so it can be shown now
+    when this environment has that secret (`common.webhook_secret`)."""
+    from pydantic import ValidationError
+
+    from common.settings import Settings
+    from common.webhook_secret import derive
+
+    try:
+        master = Settings().webhooks.secret
+    except ValidationError:
+        master = None
+    if master is None:
+        return "The tenant's receivers get its webhook secret from GET /v1/webhook-secret."
+    return (
+        f"The tenant's webhook signing secret (GET /v1/webhook-secret shows it too): "
+        f"{derive(master, tenant)}"
+    )
 
 
 def _client_parser() -> argparse.ArgumentParser:

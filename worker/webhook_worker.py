@@ -2,7 +2,8 @@
 
 A separate, light process (no model, no torch): deliveries wait on receivers for up to the
 timeout, and that waiting must never occupy an encode worker. Its thread pool bounds how many
-receivers it waits on at once.
+receivers it waits on at once, and the per-host cap (`common.outbox`) how many of those threads
+one receiver can hold.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client import start_http_server
 
 from common import keys
 from common.jobs import JobStore
+from common.outbox import Outbox
 from common.queueing import publish_webhook
 from common.settings import Settings
 from worker.celery_app import make_consumer_app
@@ -44,8 +46,8 @@ class WebhookWorker:
         store = JobStore(self.redis, settings.result_ttl_s)
         self.sender = WebhookSender(store, settings.webhooks, settings.auth.keys)
         self.app = make_webhook_app(settings, self.sender)
-        hold = settings.webhooks.timeout_s + 10
-        self.sweeper = OutboxSweeper(store, partial(publish_webhook, self.app), hold)
+        publish = partial(publish_webhook, self.app)
+        self.sweeper = OutboxSweeper(Outbox(self.redis), publish, self.sender.lease_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sweep_loop, name="loraq-outbox", daemon=True)
 

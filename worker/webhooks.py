@@ -6,19 +6,25 @@ whatever happened to its compute, and cannot be lost to a crash. Attempts run in
 worker (its own Celery queue and process), never in an encode worker, so a slow or dead receiver
 cannot slow encoding.
 
-An attempt: resolve the host and check every address (`common.ssrf`), connect to the checked
-address (no second lookup, so DNS rebinding cannot redirect it), never follow redirects, sign
-`id.timestamp.body` with HMAC-SHA256 (`webhook-id` is the same on every retry, so receivers can
-deduplicate). 2xx: delivered. 410 Gone: failed, no retries. Anything else, a timeout or a
-connection error: retry after the next delay of the schedule (with jitter, and at least the
-receiver's `Retry-After` on 429/503), until the schedule runs out.
+An attempt first claims the delivery (`common.outbox`: due, not in flight elsewhere, its receiver
+host under its cap, else deferred). Then: resolve the host and check every address
+(`common.ssrf`), connect to the checked address (no second lookup, so DNS rebinding cannot
+redirect it), never follow redirects, sign `id.timestamp.body` with HMAC-SHA256 under the
+tenant's secret (`common.webhook_secret`; `webhook-id` is the same on every retry, so receivers
+can deduplicate), all of it within `timeout_s` of wall time (`worker.webhook_http`). 2xx:
+delivered. 410 Gone: failed, no retries. Anything else, a timeout or a connection error: retry
+after the next delay of the schedule (with jitter, and at least the receiver's `Retry-After` on
+429/503, clamped to the schedule's longest delay), until the schedule runs out. A delivery whose
+job has expired leaves the outbox; while one is pending, its job's keys are kept past their TTL.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,18 +38,25 @@ from common import keys, metrics
 from common.errors import WebhookUrlForbidden
 from common.job_view import job_json, job_view
 from common.jobs import JobStore
+from common.outbox import Claim, Outbox
 from common.schemas import StoredJob, iso
 from common.settings import ApiKey, WebhookSettings
-from common.ssrf import IPAddress, Unresolvable, parse_networks, parse_url, resolve
+from common.ssrf import Unresolvable, parse_networks, parse_url
+from common.webhook_secret import tenant_secret
+from worker.webhook_http import Answer, Poster
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "loraq-webhooks/0.1"
+#: A delivery's lease outlives its attempt's deadline by this much: the Redis round trips and
+#: the payload around the attempt, so a live attempt never loses its lease.
+LEASE_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    result: str  # delivered | retry | failed | skipped
+    #: delivered | retry | failed (an attempt ran); not_due | busy | deferred | dropped (none)
+    result: str
     status_code: int | None = None
     error: str | None = None
 
@@ -52,16 +65,40 @@ def message_id(job_id: str) -> str:
     return f"msg_{job_id}"
 
 
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """`Retry-After` as seconds or an HTTP date."""
-    if not value:
+def _http_date_delay(text: str, now: float) -> float | None:
+    parsed = email.utils.parsedate_tz(text)
+    if parsed is None:
         return None
-    if value.strip().isdigit():
-        return float(value)
     try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
+        return email.utils.mktime_tz(parsed) - now
+    except (OverflowError, ValueError):
         return None
+
+
+def retry_after_seconds(value: str | None, now: float, longest: float) -> float | None:
+    """`Retry-After` in seconds from `now`, in [0, longest]: RFC 9110's delay-seconds (ASCII
+    digits only: `str.isdigit` alone takes other scripts' digits, which `float` refuses) or an
+    HTTP-date. Absent or malformed: None, and the schedule alone decides."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        seconds: float | None = float(text)  # any length: huge values become inf, clamped below
+    else:
+        seconds = _http_date_delay(text, now)
+    return None if seconds is None else min(max(seconds, 0.0), longest)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _receiver_host(url: str) -> str:
+    """What the per-host cap counts by; a URL that no longer parses fails its attempt anyway."""
+    try:
+        return parse_url(url).host
+    except WebhookUrlForbidden:
+        return ""
 
 
 class WebhookSender:
@@ -74,77 +111,98 @@ class WebhookSender:
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
+        self._outbox = Outbox(store.client)
         self._settings = settings
-        # Each tenant's own secret if its API key has one, else the global secret.
-        self._default = Webhook(settings.secret.get_secret_value()) if settings.secret else None
-        self._signers = {
-            k.tenant: Webhook(k.webhook_secret.get_secret_value())
-            for k in tenant_keys
-            if k.webhook_secret is not None
-        }
-        self._allowed = parse_networks(settings.allow_networks)
+        self._tenant_keys = tuple(tenant_keys)
+        self._signers: dict[str, Webhook | None] = {}
         self._clock = clock
         self._rng = rng or random.Random()
-        self._http = httpx.Client(timeout=settings.timeout_s, follow_redirects=False)
+        self._poster = Poster(
+            parse_networks(settings.allow_networks), settings.timeout_s, settings.concurrency
+        )
+        self.lease_s = settings.timeout_s + LEASE_MARGIN_S
 
     def close(self) -> None:
-        self._http.close()
+        self._poster.close()
 
     def deliver(self, job_id: str) -> Outcome:
-        """One attempt, if one is due and no other is in flight for this job."""
-        lock_ms = int((self._settings.timeout_s + 10) * 1000)
-        client = self._store.client
-        if not client.set(keys.webhook_lock(job_id), "1", nx=True, px=lock_ms):
-            return Outcome("skipped")
+        """One attempt, if one is due, none is in flight for this job and its receiver host has
+        room; a delivery whose job is gone leaves the outbox."""
+        job = self._store.get(job_id)
+        if job is None or job.webhook_url is None:
+            self._outbox.drop(job_id)
+            return Outcome("dropped")
+        host = _receiver_host(job.webhook_url)
+        token = secrets.token_hex(8)
+        now = self._clock()
+        defer_until = now + self._settings.sweep_s * self._rng.uniform(1, 2)
+        claim = self._outbox.claim(
+            job_id, host, token, now, self.lease_s, self._settings.max_in_flight_per_host,
+            defer_until,
+        )  # fmt: skip
+        if claim is not Claim.CLAIMED:
+            return Outcome(claim.name.lower())
         try:
-            job = self._store.get(job_id)
-            due = self._store.webhook_due_at(job_id)
-            now = self._clock()
-            if job is None or job.webhook_url is None or due is None or due > now:
-                return Outcome("skipped")
+            job = self._store.get(job_id)  # as of the claim: the attempt count is current
+            if job is None:
+                self._outbox.drop(job_id)
+                return Outcome("dropped")
             return self._attempt(job, now)
         finally:
-            client.delete(keys.webhook_lock(job_id))
+            self._outbox.release(job_id, host, token)
 
     def _attempt(self, job: StoredJob, now: float) -> Outcome:
         attempt = (job.webhook_attempts or 0) + 1
         try:
-            response = self._send(job, now)
+            answer = self._post(job, now)
         except Unresolvable as exc:  # DNS can be down for a while: try again later
-            return self._record(job, attempt, Outcome("retry", None, exc.message), None)
+            outcome = Outcome("retry", None, exc.message)
         except WebhookUrlForbidden as exc:
-            return self._record(job, attempt, Outcome("failed", None, exc.message), None)
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return self._record(job, attempt, Outcome("retry", None, error), None)
-        code = response.status_code
-        if 200 <= code < 300:
-            return self._record(job, attempt, Outcome("delivered", code), None)
-        if code == 410:
-            return self._record(
-                job, attempt, Outcome("failed", code, "410 Gone: receiver unsubscribed"), None
+            outcome = Outcome("failed", None, exc.message)
+        except TimeoutError:
+            outcome = Outcome(
+                "retry", None, f"Timeout: no answer within {self._poster.timeout_s} s"
             )
-        wait = (
-            retry_after_seconds(response.headers.get("retry-after"), now)
-            if code in (429, 503)
-            else None
+        except httpx.HTTPError as exc:
+            outcome = Outcome("retry", None, _describe(exc))
+        except Exception as exc:  # a bug costs an attempt, so the schedule still ends
+            log.exception("webhook attempt for %s failed", job.id)
+            outcome = Outcome("retry", None, f"internal error ({type(exc).__name__})")
+        else:
+            return self._answered(job, attempt, answer, now)
+        return self._record(job, attempt, outcome, None, now)
+
+    def _answered(self, job: StoredJob, attempt: int, answer: Answer, now: float) -> Outcome:
+        code = answer.status_code
+        if 200 <= code < 300:
+            return self._record(job, attempt, Outcome("delivered", code), None, now)
+        if code == 410:
+            gone = Outcome("failed", code, "410 Gone: receiver unsubscribed")
+            return self._record(job, attempt, gone, None, now)
+        wait = None
+        if code in (429, 503):
+            longest = max(self._settings.retry_schedule_s, default=0.0)
+            wait = retry_after_seconds(answer.retry_after, now, longest)
+        return self._record(job, attempt, Outcome("retry", code, f"HTTP {code}"), wait, now)
+
+    def _next_attempt_at(self, attempt: int, wait: float | None) -> float:
+        spread = self._settings.jitter
+        delay = self._settings.retry_schedule_s[attempt - 1] * self._rng.uniform(
+            1 - spread, 1 + spread
         )
-        return self._record(job, attempt, Outcome("retry", code, f"HTTP {code}"), wait)
+        return self._clock() + max(delay, wait or 0.0)
 
     def _record(
-        self, job: StoredJob, attempt: int, outcome: Outcome, wait: float | None
+        self, job: StoredJob, attempt: int, outcome: Outcome, wait: float | None, now: float
     ) -> Outcome:
         next_at = None
         if outcome.result == "retry":
-            schedule = self._settings.retry_schedule_s
-            if attempt > len(schedule):
+            if attempt > len(self._settings.retry_schedule_s):
                 outcome = Outcome(
                     "failed", outcome.status_code, f"{outcome.error}; no retries left"
                 )
             else:
-                spread = self._settings.jitter
-                delay = schedule[attempt - 1] * self._rng.uniform(1 - spread, 1 + spread)
-                next_at = self._clock() + max(delay, wait or 0.0)
+                next_at = self._next_attempt_at(attempt, wait)
         status = "pending" if outcome.result == "retry" else outcome.result
         fields = {
             "webhook_status": status,
@@ -153,7 +211,9 @@ class WebhookSender:
             "webhook_last_error": outcome.error,
             "webhook_next_attempt_at": next_at,
         }
-        self._store.record_webhook(job.id, fields, next_at)
+        # The job outlives its next attempt by a full TTL, so the outcome stays readable.
+        keep_s = self._store.ttl_s + (0 if next_at is None else math.ceil(max(next_at - now, 0)))
+        self._store.record_webhook(job.id, fields, next_at, keep_s)
         metrics.WEBHOOK_ATTEMPTS.labels(outcome.result).inc()
         log.info(
             "webhook for %s: attempt %d %s %s", job.id, attempt, outcome.result, outcome.error or ""
@@ -175,11 +235,16 @@ class WebhookSender:
         event = {"type": f"job.{job.status.value}", "timestamp": iso(now), "data": data}
         return job_json(event)
 
-    def _send(self, job: StoredJob, now: float) -> httpx.Response:
+    def _signer(self, tenant: str) -> Webhook | None:
+        if tenant not in self._signers:
+            secret = tenant_secret(self._settings.secret, self._tenant_keys, tenant)
+            self._signers[tenant] = None if secret is None else Webhook(secret)
+        return self._signers[tenant]
+
+    def _post(self, job: StoredJob, now: float) -> Answer:
         assert job.webhook_url is not None
         target = parse_url(job.webhook_url)
-        address = resolve(target, self._allowed)
-        signer = self._signers.get(job.tenant or "", self._default)
+        signer = self._signer(job.tenant or "")
         if signer is None:
             raise WebhookUrlForbidden("no webhook signing secret is configured for this tenant")
         body = self.payload(job, now)
@@ -188,36 +253,40 @@ class WebhookSender:
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
-            "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
+            "host": target.authority,
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now)),
             "webhook-signature": signer.sign(msg_id, stamp, body.decode()),
         }
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        url = f"{target.scheme}://{_host(address)}:{target.port}{target.path}"
-        return self._http.post(url, content=body, headers=headers, extensions=extensions)
-
-
-def _host(address: IPAddress) -> str:
-    return f"[{address}]" if address.version == 6 else str(address)
+        return self._poster.post(target, body, headers)
 
 
 class OutboxSweeper:
-    """Publishes deliveries that have come due (retries, and any whose immediate task was
-    lost); an attempt checks for itself that it is due, so extra publications are harmless."""
+    """Publishes deliveries that have come due (retries, deferrals, leases of lost attempts,
+    and any whose immediate task was lost), oldest first, through every page of due entries,
+    so no number of entries ahead can starve the rest. An entry is published again only once
+    its score has changed (an attempt moved it) or `hold_s` has passed (its task was lost); an
+    attempt claims its delivery for itself, so an extra publication is harmless."""
 
-    def __init__(self, store: JobStore, publish: Callable[[str], None], hold_s: float) -> None:
-        self._store = store
+    def __init__(
+        self, outbox: Outbox, publish: Callable[[str], None], hold_s: float, page: int = 500
+    ) -> None:
+        self._outbox = outbox
         self._publish = publish
         self._hold_s = hold_s
-        self._published: dict[str, float] = {}
+        self._page = page
+        self._published: dict[str, tuple[float, float]] = {}  # job id -> (score, when)
 
-    def sweep(self, now: float, limit: int = 500) -> int:
-        self._published = {j: t for j, t in self._published.items() if now - t < self._hold_s}
+    def sweep(self, now: float) -> int:
+        self._published = {
+            job_id: seen for job_id, seen in self._published.items() if now - seen[1] < self._hold_s
+        }
         count = 0
-        for job_id in self._store.due_webhooks(now, limit):
-            if job_id not in self._published:
-                self._publish(job_id)
-                self._published[job_id] = now
-                count += 1
+        for job_id, score in self._outbox.due(now, self._page):
+            seen = self._published.get(job_id)
+            if seen is not None and seen[0] == score:
+                continue
+            self._publish(job_id)
+            self._published[job_id] = (score, now)
+            count += 1
         return count

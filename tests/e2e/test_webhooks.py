@@ -19,6 +19,7 @@ from common import keys
 from common.queueing import make_celery, publish
 from common.schemas import EncodeMessage
 from common.settings import Settings
+from loraq.client import verify_webhook
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
 from tests.e2e.tiny import MODEL, tiny_stack
 from tests.receiver import Answer, Receiver
@@ -68,6 +69,14 @@ def submit(client: httpx.Client, url: str, texts: int = 1, **webhook: Any) -> st
     return job_id
 
 
+def tenant_secret(client: httpx.Client) -> str:
+    """The caller's tenant's signing secret, as its receiver would fetch it."""
+    response = client.get("/v1/webhook-secret")
+    assert response.status_code == 200, response.text
+    secret: str = response.json()["secret"]
+    return secret
+
+
 def webhook_state(client: httpx.Client, job_id: str) -> dict[str, Any]:
     state: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()["webhook"]
     return state
@@ -88,15 +97,18 @@ def test_retries_until_delivered_with_a_stable_signed_id(
     calls = receiver.requests_to("/flaky")
     assert len(calls) == 3
     assert len({c.headers["webhook-id"] for c in calls}) == 1, "webhook-id is stable across retries"
-    verified = Webhook(SECRET).verify(calls[-1].body, calls[-1].headers)
+    verified = verify_webhook(calls[-1].headers, calls[-1].body, tenant_secret(client))
     assert verified["type"] == "job.succeeded"
     data = verified["data"]
     assert data["id"] == job_id and data["status"] == "succeeded"
     assert [item["id"] for item in data["result"]["items"]] == ["i0", "i1"]
-    with pytest.raises(WebhookVerificationError):
-        Webhook("whsec_" + base64.b64encode(b"another-secret-entirely-32-bytes").decode()).verify(
-            calls[-1].body, calls[-1].headers
-        )
+    # The configured secret is a master key: it signs no tenant's webhooks itself.
+    for other in (
+        SECRET,
+        "whsec_" + base64.b64encode(b"another-secret-entirely-32-bytes").decode(),
+    ):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(other).verify(calls[-1].body, calls[-1].headers)
 
 
 def test_large_results_are_linked_not_inlined(client: httpx.Client, receiver: Receiver) -> None:
@@ -127,6 +139,21 @@ def test_silent_receiver_times_out_and_is_retried(client: httpx.Client, receiver
     assert (state["status"], state["attempts"]) == ("failed", 4)  # first try + 3 retries
     assert "Timeout" in state["last_error"]
     assert len(receiver.requests_to("/silent")) == 4
+
+
+def test_a_dripping_receiver_gets_one_bounded_attempt_at_a_time(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    """A byte every 0.2 s keeps any per-read timeout from firing: each attempt still ends at
+    the 1 s deadline, and no two attempts of the delivery overlap."""
+    receiver.script["/drip"] = [Answer(200, headers={"x-pad": "p" * 40}, drip_s=0.2)]
+    job_id = submit(client, receiver.url("/drip"))
+    wait_until(lambda: settled(client, job_id), 120, "the schedule to run out")
+    state = webhook_state(client, job_id)
+    assert (state["status"], state["attempts"]) == ("failed", 4)
+    assert state["last_error"].startswith("Timeout")
+    assert len(receiver.requests_to("/drip")) == 4
+    assert receiver.most_in_flight["/drip"] == 1
 
 
 def test_slow_receiver_does_not_delay_encoding(client: httpx.Client, receiver: Receiver) -> None:
@@ -185,6 +212,13 @@ def test_recomputed_job_sends_one_delivery(
         "http://[::ffff:10.0.0.1]/x",
         "http://0.0.0.0/x",
         "http://192.168.1.1:8080/x",
+        # Issue 14: IPv4-compatible, SIIT, local-use NAT64 and site-local IPv6 forms.
+        "http://[::127.0.0.1]/x",
+        "http://[::a9fe:a9fe]/x",
+        "http://[::ffff:0:7f00:1]/x",
+        "http://[64:ff9b:1::a9fe:a9fe]/x",
+        "http://[fec0::1]/x",
+        "http://[::1/x",
         "ftp://example.com/x",
         "http://user:secret@example.com/x",
         "file:///etc/passwd",
