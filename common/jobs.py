@@ -6,8 +6,12 @@
 
 Every transition is one Lua script that checks the current status and writes in the same step
 (compare-and-set), so a late or duplicate write (a redelivered message, a worker that lost its
-lease) can never change a job that is already terminal. `start` also accepts `running`: that is a
-redelivery of a job whose worker died, and it counts an attempt. Terminal transitions publish the
+lease) can never change a job that is already terminal. `start` gives the worker a hold on the
+job (`keys.job_hold`), which its heartbeat renews while it works on the job. `start` also accepts
+`running` once that hold is gone (the worker died, or let go without an outcome): a redelivery,
+which counts an attempt; while the hold lives, a second message for the job is a duplicate and
+is refused without counting. A cancel leaves a held job's quota counts to its holder, who frees
+them when it stops computing (`let_go`). Terminal transitions publish the
 job id on `JOB_DONE_CHANNEL` for waiters and refresh both keys' TTL, so results live
 `result_ttl_s` from completion.
 """
@@ -15,7 +19,7 @@ job id on `JOB_DONE_CHANNEL` for waiters and refresh both keys' TTL, so results 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,27 +29,51 @@ import redis.asyncio as aioredis
 from common import keys
 from common.schemas import JobStatus, StoredJob
 
-# KEYS: job hash, result, stored message, pending zset, webhook outbox zset, queued-items hash.
+# A Lua function the transition and let-go scripts are registered with: frees what an unfinished
+# job counts against its tenant's quotas (its items, its place in its model's queue share), once.
+_RELEASE_LUA = """
+local function release(job, queued_items, queued_jobs)
+  local slot = redis.call('HGET', job, 'quota_job')
+  if slot then
+    if redis.call('HINCRBY', queued_jobs, slot, -1) <= 0 then
+      redis.call('HDEL', queued_jobs, slot)
+    end
+    redis.call('HDEL', job, 'quota_job')
+  end
+  local counted = redis.call('HGET', job, 'quota_items')
+  if counted then
+    redis.call('HINCRBY', queued_items, redis.call('HGET', job, 'tenant'), -tonumber(counted))
+    redis.call('HDEL', job, 'quota_items')
+  end
+end
+"""
+
+# KEYS: job hash, result, stored message, pending zset, webhook outbox zset, queued-items hash,
+#       queued-jobs hash, hold.
 # ARGV: the transition as JSON (see `_transition`), the result bytes.
+# A start (`spec.hold`) is refused while another delivery's hold lives, and takes the hold. A
+# cancel (`spec.after_holder`) of a job whose holder lives leaves its hold, redelivery deadline
+# and quota counts in place: the holder frees them when it stops computing (`_LET_GO_LUA`).
 _TRANSITION_LUA = """
 local spec = cjson.decode(ARGV[1])
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0, false, 0, 0} end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if not spec.allowed[cur] then return {0, cur, attempts, 0} end
+if spec.hold and redis.call('EXISTS', KEYS[8]) == 1 then return {0, cur, attempts, 0} end
 redis.call('HSET', KEYS[1], 'status', spec.to)
 if spec.count_attempt then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 for name, value in pairs(spec.fields) do redis.call('HSET', KEYS[1], name, value) end
+if spec.hold then redis.call('SET', KEYS[8], spec.hold.worker, 'PX', spec.hold.ttl_ms) end
 redis.call('EXPIRE', KEYS[1], spec.ttl)
 if spec.has_result then redis.call('SET', KEYS[2], ARGV[2], 'EX', spec.ttl) end
 local webhook = 0
 if spec.terminal then
   redis.call('DEL', KEYS[3])
-  redis.call('ZREM', KEYS[4], spec.job)
-  local counted = redis.call('HGET', KEYS[1], 'quota_items')
-  if counted then
-    redis.call('HINCRBY', KEYS[6], redis.call('HGET', KEYS[1], 'tenant'), -tonumber(counted))
-    redis.call('HDEL', KEYS[1], 'quota_items')
+  if not (spec.after_holder and redis.call('EXISTS', KEYS[8]) == 1) then
+    redis.call('DEL', KEYS[8])
+    redis.call('ZREM', KEYS[4], spec.job)
+    release(KEYS[1], KEYS[6], KEYS[7])
   end
   local events = redis.call('HGET', KEYS[1], 'webhook_events')
   if events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true) then
@@ -60,15 +88,42 @@ end
 return {1, cur, attempts, webhook}
 """
 
-# KEYS: job hash, stored message, pending zset, queued-items hash.
+# KEYS: job hash, hold, pending zset, queued-items hash, queued-jobs hash.
+# ARGV: job id, the worker letting go ('' = none: only settle a job nobody holds).
+# A worker drops its hold; a job that is already terminal (cancelled while it computed) and that
+# no one holds any more leaves the redelivery index and frees its quota counts. Answers 1 then.
+_LET_GO_LUA = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' or status == 'running' or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+release(KEYS[1], KEYS[4], KEYS[5])
+return 1
+"""
+
+# KEYS: hold. ARGV: worker, TTL in ms. Renews a hold only for the worker that has it.
+_RENEW_HOLD_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# KEYS: job hash, stored message, pending zset, queued-items hash, queued-jobs hash.
 # ARGV: record fields (JSON), message, ttl, redelivery deadline, tenant ('' = no item quota),
-#       items, item limit. Creates nothing and answers {0, queued} if the quota would overflow.
+#       items, item limit, the tenant's queued-jobs field ('' = no share), its job limit.
+# Creates nothing and answers {0, count, 'items' | 'jobs'} if a quota would overflow.
 _CREATE_LUA = """
+if ARGV[8] ~= '' then
+  local held = tonumber(redis.call('HGET', KEYS[5], ARGV[8]) or '0')
+  if held >= tonumber(ARGV[9]) then return {0, held, 'jobs'} end
+end
 if ARGV[5] ~= '' then
   local queued = tonumber(redis.call('HGET', KEYS[4], ARGV[5]) or '0')
-  if queued + tonumber(ARGV[6]) > tonumber(ARGV[7]) then return {0, queued} end
+  if queued + tonumber(ARGV[6]) > tonumber(ARGV[7]) then return {0, queued, 'items'} end
   redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[6])
 end
+if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[8], 1) end
 local fields = cjson.decode(ARGV[1])
 for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -77,19 +132,24 @@ redis.call('ZADD', KEYS[3], ARGV[4], fields.id)
 return {1, 0}
 """
 
-# KEYS: job hash, webhook outbox.
-# ARGV: job id, next attempt ('' = none: remove), field/value pairs ('' value: delete the field).
+# KEYS: job hash, webhook outbox, result.
+# ARGV: job id, next attempt ('' = none: remove), seconds the job's keys must live at least,
+#       field/value pairs ('' value: delete the field).
 _WEBHOOK_RECORD_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
   else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 if ARGV[2] == '' then redis.call('ZREM', KEYS[2], ARGV[1])
 else redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+for _, key in ipairs({KEYS[1], KEYS[3]}) do
+  local ttl = redis.call('TTL', key)
+  if ttl >= 0 and ttl < tonumber(ARGV[3]) then redis.call('EXPIRE', key, ARGV[3]) end
+end
 return 1
 """
 
@@ -155,8 +215,10 @@ def _transition(
     result: bytes | None = None,
     count_attempt: bool = False,
     redeliver_at: float | None = None,
+    hold: tuple[str, float] | None = None,
+    after_holder: bool = False,
 ) -> Op:
-    """KEYS and ARGV of one `_TRANSITION_LUA` call."""
+    """KEYS and ARGV of one `_TRANSITION_LUA` call; `hold` is (worker, TTL in seconds)."""
     spec: dict[str, Any] = {
         "allowed": {status.value: True for status in allowed},
         "to": to.value,
@@ -171,19 +233,28 @@ def _transition(
     }
     if redeliver_at is not None:
         spec["redeliver_at"] = redeliver_at
+    if hold is not None:
+        spec["hold"] = {"worker": hold[0], "ttl_ms": max(1, int(hold[1] * 1000))}
+    if after_holder:
+        spec["after_holder"] = True
     job_keys = [keys.job(job_id), keys.job_result(job_id), keys.job_message(job_id)]
-    zsets = [keys.PENDING_ZSET, keys.WEBHOOK_OUTBOX, keys.QUEUED_ITEMS]
-    return [*job_keys, *zsets], [json.dumps(spec), result or b""]
+    zsets = [keys.PENDING_ZSET, keys.WEBHOOK_OUTBOX, keys.QUEUED_ITEMS, keys.QUEUED_JOBS]
+    return [*job_keys, *zsets, keys.job_hold(job_id)], [json.dumps(spec), result or b""]
 
 
 _FROM_NOT_TERMINAL = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-def start_op(job_id: str, ttl_s: int, now: float, worker: str, redeliver_after: float) -> Op:
+def start_op(
+    job_id: str, ttl_s: int, now: float, worker: str, redeliver_after: float, hold_ttl_s: float
+) -> Op:
+    """Counts a delivery only when no other delivery holds the job: from `queued`, or from
+    `running` once the previous holder is gone (died, or let go without an outcome). A duplicate
+    message for a job a live worker holds is refused (previous `running`) and counts nothing."""
     fields = {"started_at": now, "worker": worker}
     return _transition(
         job_id, _FROM_NOT_TERMINAL, JobStatus.RUNNING, ttl_s, now, fields,
-        count_attempt=True, redeliver_at=now + redeliver_after,
+        count_attempt=True, redeliver_at=now + redeliver_after, hold=(worker, hold_ttl_s),
     )  # fmt: skip
 
 
@@ -197,9 +268,11 @@ def succeed_op(
 
 
 def cancel_op(job_id: str, ttl_s: int, now: float) -> Op:
+    """A running job's items stay counted until its holder stops computing it (`let_go`)."""
     return _transition(
-        job_id, _FROM_NOT_TERMINAL, JobStatus.CANCELLED, ttl_s, now, {"finished_at": now}
-    )
+        job_id, _FROM_NOT_TERMINAL, JobStatus.CANCELLED, ttl_s, now, {"finished_at": now},
+        after_holder=True,
+    )  # fmt: skip
 
 
 def fail_op(job_id: str, ttl_s: int, now: float, code: str, message: str) -> Op:
@@ -215,13 +288,23 @@ def _transition_result(op: Op, reply: list[Any]) -> Transition:
 
 
 class JobStore:
-    """Blocking store, for worker threads."""
+    """Blocking store, for worker threads. `hold_ttl_s`: how long a worker's hold on a job lasts
+    without renewal (its heartbeat's liveness TTL)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int, redeliver_after_s: float = 300) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_s: int,
+        redeliver_after_s: float = 300,
+        hold_ttl_s: float = 6.0,
+    ) -> None:
         self.client = client
         self.ttl_s = ttl_s
         self.redeliver_after_s = redeliver_after_s
-        self._script = client.register_script(_TRANSITION_LUA)
+        self.hold_ttl_s = hold_ttl_s
+        self._script = client.register_script(_RELEASE_LUA + _TRANSITION_LUA)
+        self._let_go = client.register_script(_RELEASE_LUA + _LET_GO_LUA)
+        self._renew_hold = client.register_script(_RENEW_HOLD_LUA)
         self._webhook_record = client.register_script(_WEBHOOK_RECORD_LUA)
 
     def _apply(self, op: Op) -> Transition:
@@ -232,8 +315,51 @@ class JobStore:
         return decode_job(raw) if raw else None
 
     def start(self, job_id: str, now: float, worker: str = "") -> Transition:
-        op = start_op(job_id, self.ttl_s, now, worker, self.redeliver_after_s)
+        op = start_op(job_id, self.ttl_s, now, worker, self.redeliver_after_s, self.hold_ttl_s)
         return self._apply(op)
+
+    def renew_holds(self, job_ids: Sequence[str], worker: str) -> None:
+        """The holder's heartbeat: its holds live on while it works on the jobs."""
+        ttl_ms = max(1, int(self.hold_ttl_s * 1000))
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                self._renew_hold(keys=[keys.job_hold(job_id)], args=[worker, ttl_ms], client=pipe)
+            pipe.execute()
+
+    def let_go(self, job_id: str, worker: str) -> bool:
+        """`worker` stops working on the job without storing an outcome ('' for a sweeper that
+        holds nothing); True when that settled a terminal job (its quota counts freed)."""
+        job_keys = [keys.job(job_id), keys.job_hold(job_id), keys.PENDING_ZSET]
+        quota_keys = [keys.QUEUED_ITEMS, keys.QUEUED_JOBS]
+        return bool(self._let_go(keys=[*job_keys, *quota_keys], args=[job_id, worker]))
+
+    def ended(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of `job_ids` no longer queued or running (cancelled, finished by another
+        delivery, or gone): computing them further is wasted."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id), "status")
+            statuses = pipe.execute()
+        unfinished = {JobStatus.QUEUED.value, JobStatus.RUNNING.value}
+        return {
+            job_id
+            for job_id, status in zip(job_ids, statuses, strict=True)
+            if status is None or _text(status) not in unfinished
+        }
+
+    def redelivery_state(self, job_id: str) -> tuple[JobStatus | None, bool, bytes | None]:
+        """What the sweeper decides on: the job's status, whether a live worker holds it, and
+        the copy of its message (None once terminal)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.job(job_id), "status")
+            pipe.exists(keys.job_hold(job_id))
+            pipe.get(keys.job_message(job_id))
+            status, held, message = pipe.execute()
+        return (
+            JobStatus(_text(status)) if status else None,
+            bool(held),
+            message.encode() if isinstance(message, str) else message,
+        )
 
     def overdue(self, now: float, limit: int) -> list[str]:
         """Unfinished jobs whose redelivery deadline has passed."""
@@ -250,28 +376,19 @@ class JobStore:
     def forget(self, job_id: str) -> None:
         self.client.zrem(keys.PENDING_ZSET, job_id)
 
-    def due_webhooks(self, now: float, limit: int) -> list[str]:
-        ids = self.client.zrangebyscore(keys.WEBHOOK_OUTBOX, "-inf", now, start=0, num=limit)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-    def webhook_due_at(self, job_id: str) -> float | None:
-        score = self.client.zscore(keys.WEBHOOK_OUTBOX, job_id)
-        return None if score is None else float(score)
-
-    def lease_webhook(self, job_id: str, until: float) -> None:
-        """Push a due delivery back while its attempt is in flight (the attempt sets the real
-        next time; if the attempt is lost, the delivery comes due again)."""
-        self.client.zadd(keys.WEBHOOK_OUTBOX, {job_id: until}, xx=True)
-
     def record_webhook(
-        self, job_id: str, fields: Mapping[str, object], next_attempt_at: float | None
+        self, job_id: str, fields: Mapping[str, object], next_attempt_at: float | None, keep_s: int
     ) -> bool:
-        """The outcome of one delivery attempt; `next_attempt_at` None ends the delivery."""
+        """The outcome of one delivery attempt; `next_attempt_at` None ends the delivery. The
+        job's record and result live at least `keep_s` more (never less than they had), so a
+        retry scheduled past their TTL still finds them; False: the job is gone, and so is its
+        delivery."""
         args: list[str] = [job_id, "" if next_attempt_at is None else repr(next_attempt_at)]
+        args.append(str(keep_s))
         for name, value in fields.items():
             args += [name, "" if value is None else str(value)]
-        done = self._webhook_record(keys=[keys.job(job_id), keys.WEBHOOK_OUTBOX], args=args)
-        return bool(done)
+        job_keys = [keys.job(job_id), keys.WEBHOOK_OUTBOX, keys.job_result(job_id)]
+        return bool(self._webhook_record(keys=job_keys, args=args))
 
     def succeed(
         self, job_id: str, now: float, result: bytes, fields: Mapping[str, object]
@@ -289,35 +406,49 @@ class AsyncJobStore:
         self._r = client
         self.ttl_s = ttl_s
         self.redeliver_after_s = redeliver_after_s
-        self._script = client.register_script(_TRANSITION_LUA)
+        self._script = client.register_script(_RELEASE_LUA + _TRANSITION_LUA)
         self._create = client.register_script(_CREATE_LUA)
 
     async def _apply(self, op: Op) -> Transition:
         return _transition_result(op, await self._script(keys=op[0], args=op[1]))
 
     async def create(
-        self, job: StoredJob, message: bytes, max_queued_items: int | None = None
-    ) -> int | None:
+        self,
+        job: StoredJob,
+        message: bytes,
+        max_queued_items: int | None = None,
+        max_model_jobs: int | None = None,
+    ) -> tuple[str, int] | None:
         """The record, a copy of its queue message and its redelivery deadline, in one step (if
-        the broker loses the message, the sweeper publishes the copy again). With an item limit
-        the job's items are reserved against its tenant's quota in the same step; if they do not
-        fit, nothing is created and the tenant's queued item count is returned."""
-        quota = job.tenant is not None and max_queued_items is not None
-        if quota:
-            job = job.model_copy(update={"quota_items": job.n_items})
-        created, queued = await self._create(
-            keys=[keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET, keys.QUEUED_ITEMS],
+        the broker loses the message, the sweeper publishes the copy again). With limits, the
+        job's items are reserved against its tenant's item quota, and the job against the
+        tenant's share of its model's queue, in the same step; if either is full, nothing is
+        created and the answer names it (`items` or `jobs`) with the tenant's count there."""
+        tenant = job.tenant or ""
+        items = bool(tenant) and max_queued_items is not None
+        share = keys.tenant_model_field(tenant, job.model) if tenant and max_model_jobs else ""
+        update: dict[str, object] = {"quota_job": share or None}
+        if items:
+            update["quota_items"] = job.n_items
+        job = job.model_copy(update=update)
+        reply = await self._create(
+            keys=[
+                keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET,
+                keys.QUEUED_ITEMS, keys.QUEUED_JOBS,
+            ],
             args=[
                 json.dumps(encode_job(job)),
                 message,
                 self.ttl_s,
                 repr(job.created_at + self.redeliver_after_s),
-                (job.tenant or "") if quota else "",
+                tenant if items else "",
                 job.n_items,
                 max_queued_items or 0,
+                share,
+                max_model_jobs or 0,
             ],
-        )
-        return None if int(created) else int(queued)
+        )  # fmt: skip
+        return None if int(reply[0]) else (_text(reply[2]), int(reply[1]))
 
     async def get(self, job_id: str) -> StoredJob | None:
         raw = await self._r.hgetall(keys.job(job_id))

@@ -5,13 +5,16 @@
 | loraq:job:{<id>}                   | hash    | result_ttl_s        | common.jobs (CAS Lua) |
 | loraq:job:{<id>}:result            | string  | result_ttl_s        | common.jobs (CAS Lua) |
 | loraq:job:{<id>}:message           | string  | until terminal      | common.jobs           |
+| loraq:job:{<id>}:hold              | string  | heartbeats, renewed | common.jobs (Lua)     |
 | loraq:pending                      | zset    | members: until term.| common.jobs (Lua)     |
 | loraq:sweep-lock                   | string  | one sweep interval  | worker.sweeper        |
-| loraq:webhooks:outbox              | zset    | until delivered     | common.jobs (Lua)     |
+| loraq:webhooks:outbox              | zset    | until delivered     | common.jobs, outbox   |
+| loraq:webhooks:in-flight:{host}    | zset    | one attempt's lease | common.outbox (Lua)   |
 | loraq:quota:queued-items           | hash    | -                   | api.auth / jobs (Lua) |
+| loraq:quota:queued-jobs            | hash    | -                   | common.jobs (Lua)     |
 | loraq:quota:{tenant}:bucket        | hash    | refill time + 60 s  | api.auth (Lua)        |
 | loraq:idem:{tenant}:{key sha256}   | string  | idempotency_ttl_s   | api.idempotency       |
-| loraq:webhook-lock:{<id>}          | string  | one attempt         | worker.webhooks       |
+| loraq:webhook-lease:{<id>}         | string  | one attempt's lease | common.outbox (Lua)   |
 | loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
 | loraq:workers                      | zset    | members pruned      | worker heartbeat      |
 | loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.leases (Lua)   |
@@ -38,6 +41,8 @@ DEAD_LETTER = PREFIX + "dead-letter"
 PENDING_ZSET = PREFIX + "pending"
 WEBHOOK_OUTBOX = PREFIX + "webhooks:outbox"
 QUEUED_ITEMS = PREFIX + "quota:queued-items"
+#: Unfinished jobs per tenant and model (fields: `tenant_model_field`), for the tenant share.
+QUEUED_JOBS = PREFIX + "quota:queued-jobs"
 WEBHOOK_QUEUE = "webhooks"
 TASK_WEBHOOK = "loraq.webhook"
 SWEEP_LOCK = PREFIX + "sweep-lock"
@@ -59,13 +64,32 @@ def job_message(job_id: str) -> str:
     return f"{PREFIX}job:{{{job_id}}}:message"
 
 
-def webhook_lock(job_id: str) -> str:
-    """Held while one delivery attempt for the job is in flight."""
-    return f"{PREFIX}webhook-lock:{{{job_id}}}"
+def job_hold(job_id: str) -> str:
+    """The id of the worker working on a running job. Its TTL is a few heartbeats, renewed by
+    that worker's heartbeat while it works on the job, so it lapses when the worker dies or
+    drops the job; while it exists, a redelivery of the job is a duplicate (common.jobs)."""
+    return f"{PREFIX}job:{{{job_id}}}:hold"
+
+
+def webhook_lease(job_id: str) -> str:
+    """The token of the one delivery attempt in flight for the job; its TTL outlives the
+    attempt's deadline."""
+    return f"{PREFIX}webhook-lease:{{{job_id}}}"
+
+
+def webhook_in_flight(host: str) -> str:
+    """Delivery attempts in flight to one receiver host (tokens scored by lease expiry), so no
+    receiver takes more than its share of the delivery threads."""
+    return f"{PREFIX}webhooks:in-flight:{host}"
 
 
 def rate_bucket(tenant: str) -> str:
     return f"{PREFIX}quota:{tenant}:bucket"
+
+
+def tenant_model_field(tenant: str, model_id: str) -> str:
+    """A tenant's field in `QUEUED_JOBS`; tenant names cannot contain '/'."""
+    return f"{tenant}/{model_slug(model_id)}"
 
 
 def idempotency(tenant: str, key_digest: str) -> str:

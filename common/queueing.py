@@ -22,8 +22,8 @@ def make_celery(settings: Settings) -> Celery:
             # Every broker key under our prefix (see common.keys).
             "global_keyprefix": keys.KOMBU_PREFIX,
             # An unacked message goes back to its queue after this long. It must exceed the
-            # longest a reserved job can wait plus run, or a slow job is computed twice
-            # (harmless: outcome writes are compare-and-set, but wasted work).
+            # longest a reserved job can wait plus run, or a slow job is restored while its
+            # worker still holds it (the copy is then dropped uncounted: common.jobs holds).
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,

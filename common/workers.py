@@ -2,6 +2,8 @@
 
 Each heartbeat is a key with a TTL of `LIVENESS_FACTOR` heartbeats (its expiry is a worker's
 death certificate) plus a zset entry scored by time, so readers find live workers without SCAN.
+A worker's holds on the jobs it works on (`keys.job_hold`) live just as long, renewed by the same
+heartbeat, so a job's hold lapses when its worker dies.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from common.schemas import WorkerInfo
 LIVENESS_FACTOR = 3
 
 
+def liveness_s(heartbeat_s: float) -> float:
+    """How long a heartbeat (and a job hold) lives without renewal."""
+    return heartbeat_s * LIVENESS_FACTOR
+
+
 def write_heartbeat(client: redis.Redis, info: WorkerInfo, heartbeat_s: float) -> None:
-    ttl_ms = int(heartbeat_s * LIVENESS_FACTOR * 1000)
+    ttl_ms = int(liveness_s(heartbeat_s) * 1000)
     with client.pipeline(transaction=True) as pipe:
         pipe.set(keys.worker(info.id), info.model_dump_json(), px=ttl_ms)
         pipe.zadd(keys.WORKERS_ZSET, {info.id: info.seen_at})

@@ -9,6 +9,13 @@ rows may span several batches; its future resolves when the last one is done.
 
 A forward that raises is retried on halves of its jobs until the failing job is alone, then only
 that job fails (`ENCODE_FAILED`); the other jobs of the batch still get their vectors.
+
+A job submitted with a key (its job id) is checked at batch boundaries, through `ended`, for
+having ended elsewhere (cancelled, or finished by another delivery): then its rows still pending
+are dropped and its future fails with `JobStopped`. Each job is checked at most once per
+`check_every_s`, and all of a batch's due jobs in one call, so a job that is done within that
+time (most are) costs no check at all, and a cancelled job computes at most that long plus one
+batch more.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -31,6 +38,12 @@ log = logging.getLogger(__name__)
 
 #: How many batches' worth of rows one window may take, for sorting by length.
 WINDOW_BATCHES = 4
+#: How often, at most, one job is checked for having ended elsewhere.
+CHECK_EVERY_S = 0.25
+
+
+class JobStopped(Exception):
+    """The job ended elsewhere (e.g. it was cancelled): its remaining rows were not encoded."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class _Job:
     vectors: np.ndarray
     remaining: int
     inference_s: float = 0.0
+    key: str | None = None
+    checked_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,8 +115,12 @@ class Batcher:
         dims: int,
         settings: BatchSettings,
         clock: Callable[[], float] = time.monotonic,
+        ended: Callable[[list[str]], Collection[str]] | None = None,
+        check_every_s: float = CHECK_EVERY_S,
     ) -> None:
         self._encode = encode
+        self._ended = ended
+        self._check_every_s = check_every_s
         self._dims = dims
         self._settings = settings
         self._clock = clock
@@ -128,13 +147,15 @@ class Batcher:
         with self._cond:
             return len(self._pending)
 
-    def submit(self, rows: Sequence[Row]) -> Future[JobOutput]:
+    def submit(self, rows: Sequence[Row], key: str | None = None) -> Future[JobOutput]:
+        """`key`: the job's id, for `ended` to check; None: never checked."""
         future: Future[JobOutput] = Future()
-        job = _Job(rows, future, np.empty((len(rows), self._dims), np.float32), len(rows))
+        now = self._clock()
+        vectors = np.empty((len(rows), self._dims), np.float32)
+        job = _Job(rows, future, vectors, len(rows), key=key, checked_at=now)
         if not rows:
             future.set_result(JobOutput(job.vectors, 0.0))
             return future
-        now = self._clock()
         with self._cond:
             if self._stopping:
                 raise RuntimeError("batcher is stopping")
@@ -153,7 +174,9 @@ class Batcher:
             s = self._settings
             lengths = [e.length for e in window]
             for batch in form_batches(lengths, s.max_tokens, s.max_items):
-                self._run([window[i] for i in batch])
+                entries = [window[i] for i in batch]
+                self._stop_ended(entries)
+                self._run(entries)
 
     def _full(self) -> bool:
         s = self._settings
@@ -184,6 +207,38 @@ class Batcher:
                 window.append(entry)
             return window
 
+    def _stop_ended(self, batch: list[_Entry]) -> None:
+        """Ask `ended` about the batch's jobs not checked for `check_every_s`, and stop those
+        that ended. A failing check stops nothing: compute goes on, the outcome write decides."""
+        if self._ended is None:
+            return
+        now = self._clock()
+        due = {
+            e.job.key: e.job
+            for e in batch
+            if e.job.key is not None
+            and not e.job.future.done()
+            and now - e.job.checked_at >= self._check_every_s
+        }
+        if not due:
+            return
+        for job in due.values():
+            job.checked_at = now
+        try:
+            ended = self._ended(list(due))
+        except Exception as exc:
+            log.warning("could not check whether jobs ended: %r", exc)
+            return
+        stopped = {due[key] for key in ended if key in due}
+        if not stopped:
+            return
+        with self._cond:
+            kept = deque(e for e in self._pending if e.job not in stopped)
+            self._pending_tokens -= sum(e.length for e in self._pending if e.job in stopped)
+            self._pending = kept
+        for job in stopped:
+            job.future.set_exception(JobStopped(f"job {job.key} ended elsewhere"))
+
     def _run(self, batch: list[_Entry]) -> None:
         batch = [e for e in batch if not e.job.future.done()]
         if not batch:
@@ -209,7 +264,9 @@ class Batcher:
         jobs = list(dict.fromkeys(e.job for e in batch))
         if len(jobs) == 1:
             log.warning("encode failed for one job: %r", exc)
-            jobs[0].future.set_exception(EncodeFailed(f"encoding failed: {exc}"))
+            jobs[0].future.set_exception(
+                EncodeFailed("the forward pass failed on this job's own items")
+            )
             return
         half = set(jobs[: len(jobs) // 2])
         self._run([e for e in batch if e.job in half])

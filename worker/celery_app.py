@@ -20,7 +20,10 @@ def make_consumer_app(settings: Settings) -> Celery:
         # Ack only after the job's outcome is stored: a worker that dies mid-batch leaves its
         # messages unacked, and the broker hands them to another worker after the visibility
         # timeout (common.queueing). Outcome writes are compare-and-set, so a redelivered job
-        # that had already finished changes nothing.
+        # that had already finished changes nothing. A job computed past the visibility timeout
+        # is handed out again while its worker still holds it: that copy is dropped (acked)
+        # without counting a delivery (the runner's hold check), so a slow job is neither
+        # computed twice nor dead-lettered.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         # Reserve no more jobs than there are task threads: a reserved job sits unacked, and

@@ -26,7 +26,13 @@ from common.jobs import JobStore
 from common.queueing import publish, publish_webhook
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
-from common.workers import live_worker_ids, queued_jobs, remove_worker, write_heartbeat
+from common.workers import (
+    live_worker_ids,
+    liveness_s,
+    queued_jobs,
+    remove_worker,
+    write_heartbeat,
+)
 from worker.adapter_cache import AdapterCache
 from worker.adapter_files import AdapterRules
 from worker.adapter_sources import sources_from_settings
@@ -75,8 +81,15 @@ class WorkerProcess:
             pin_memory=self.engine.device.type == "cuda",
             use_halflife=ad.use_halflife,
         )
-        self.batcher = Batcher(self.engine.encode, self.engine.dims, settings.batch)
-        store = JobStore(self.redis, settings.result_ttl_s, settings.routing.redeliver_after_s)
+        self.store = store = JobStore(
+            self.redis,
+            settings.result_ttl_s,
+            settings.routing.redeliver_after_s,
+            hold_ttl_s=liveness_s(ws.heartbeat_s),
+        )
+        self.batcher = Batcher(
+            self.engine.encode, self.engine.dims, settings.batch, ended=store.ended
+        )
         self.runner = JobRunner(
             store,
             self.engine,
@@ -152,11 +165,13 @@ class WorkerProcess:
 
     def _tick(self) -> None:
         """Leases first (so the heartbeat shows the queues this worker really consumes), then
-        the heartbeat, then, now and then, the sweep for lost messages."""
+        the heartbeat and the holds on the jobs it works on, then, now and then, the sweep for
+        lost messages."""
         if self._leasing.is_set():
             live = live_worker_ids(self.redis, self.settings.worker.model)
             self.leases.tick(sorted({*live, self.id}))
         write_heartbeat(self.redis, self.info(), self.settings.worker.heartbeat_s)
+        self.store.renew_holds(self.runner.holding(), self.id)
         now = time.time()
         if self._leasing.is_set() and now - self._swept_at >= self.settings.routing.sweep_s:
             self._swept_at = now

@@ -5,9 +5,15 @@ thread (which owns the forward pass) and the adapter cache. Reliability rules, e
 - A job whose record is already terminal (a redelivery of finished work, a cancelled job) is
   skipped; outcome writes are compare-and-set, so a redelivered message never changes a visible
   result.
-- A job delivered more than `max_deliveries` times (its workers kept dying on it) is failed with
-  `REDELIVERY_LIMIT` and its message copied to the dead-letter list, instead of killing workers
-  forever.
+- The claim gives this worker a hold on the job, which the heartbeat renews (`holding`) while a
+  task thread works on it. A message for a job another live worker holds (the broker's
+  visibility timeout or the sweeper sent it again while it is computed) is a duplicate: dropped,
+  counting nothing. Only when the holder is gone does a delivery count as one more attempt.
+- A job started more than `max_deliveries` times (each holder stopped before storing an outcome)
+  is failed with `REDELIVERY_LIMIT` and its message copied to the dead-letter list, instead of
+  killing workers forever.
+- A job that ends elsewhere while it computes (a cancel) stops at the batcher's next check; the
+  runner then lets go of it, which frees its items from the tenant's quota (`JobStore.let_go`).
 - Redis errors while claiming or storing are retried briefly (`worker.retries`), then surface as
   `RetryLater`: the message is not acked, so the broker delivers it again once Redis is back.
 """
@@ -23,13 +29,14 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 import numpy as np
+import redis
 
 from common import keys, metrics
 from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
 from common.jobs import JobStore, Transition
-from common.schemas import EncodeMessage
+from common.schemas import EncodeMessage, JobStatus
 from worker.adapter_cache import Lease
-from worker.batcher import JobOutput, Row
+from worker.batcher import JobOutput, JobStopped, Row
 from worker.retries import with_redis_retries
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,7 @@ class JobRunner:
         store: JobStore,
         engine: Tokenizer,
         adapters: Leases,
-        submit: Callable[[Sequence[Row]], Future[JobOutput]],
+        submit: Callable[[Sequence[Row], str], Future[JobOutput]],
         max_deliveries: int = 3,
         worker_id: str = "",
         on_webhook_due: Callable[[str], None] = lambda job_id: None,
@@ -72,7 +79,13 @@ class JobRunner:
         self._max_deliveries = max_deliveries
         self._clock = clock
         self._lock = threading.Lock()
+        self._holding: set[str] = set()
         self.in_flight = 0
+
+    def holding(self) -> list[str]:
+        """The jobs whose holds this worker's heartbeat renews: those a task thread works on."""
+        with self._lock:
+            return list(self._holding)
 
     def handle(self, payload: dict[str, Any]) -> None:
         """Counted in `in_flight` from the moment the task thread has the message, before the
@@ -93,26 +106,59 @@ class JobRunner:
             lambda: self._store.start(job_id, self._clock(), self.worker_id)
         )
         if not claim.applied:
-            log.info("skipping job %s: it is %s", job_id, claim.previous or "gone")
+            self._skip(job_id, claim.previous)
             return
-        if claim.attempts > 1:
+        with self._lock:
+            self._holding.add(job_id)
+        try:
+            self._work(payload, message, claim.attempts)
+        except BaseException:
+            self._let_go(job_id)  # e.g. `RetryLater`: its redelivery need not wait for the hold
+            raise
+        finally:
+            with self._lock:
+                self._holding.discard(job_id)
+
+    def _skip(self, job_id: str, previous: JobStatus | None) -> None:
+        if previous is JobStatus.RUNNING:
+            log.info("dropping a duplicate message of job %s: a live worker holds it", job_id)
+            return
+        log.info("skipping job %s: it is %s", job_id, previous or "gone")
+        if previous is JobStatus.CANCELLED:
+            self._let_go(job_id)  # if its holder died computing it, its quota is freed now
+
+    def _work(self, payload: dict[str, Any], message: EncodeMessage, attempts: int) -> None:
+        if attempts > 1:
             metrics.REDELIVERIES.inc()
-        if claim.attempts > self._max_deliveries:
-            self._dead_letter(payload, claim.attempts)
+        if attempts > self._max_deliveries:
+            self._dead_letter(payload, attempts)
             return
         metrics.JOB_QUEUE_WAIT.labels(message.model).observe(self._clock() - message.enqueued_at)
         self._run(message)
+
+    def _let_go(self, job_id: str) -> None:
+        """Stop holding a job left without an outcome from this worker, so a redelivery takes it
+        at once, and a cancelled job's items leave its tenant's quota. One try: if Redis is
+        unreachable, the hold lapses within a few heartbeats and the sweeper settles the rest."""
+        try:
+            self._store.let_go(job_id, self.worker_id)
+        except redis.RedisError as exc:
+            log.warning("could not let go of job %s: %s", job_id, exc)
 
     def _run(self, message: EncodeMessage) -> None:
         job_id = message.job_id
         try:
             output, lease = self._compute(message)
+        except JobStopped:
+            log.info("job %s ended elsewhere (e.g. cancelled); stopped computing it", job_id)
+            self._let_go(job_id)
+            return
         except LoraqError as exc:
             self._fail(message, exc)
             return
-        except Exception as exc:
+        except Exception:  # the exception's text is for the worker's log, not for the tenant
             log.exception("job %s failed", job_id)
-            self._fail(message, WorkerError(f"worker error: {type(exc).__name__}: {exc}"))
+            self._fail(message, WorkerError("the worker failed on this job (details in its log)"))
             return
         fields = {
             "dims": output.vectors.shape[1],
@@ -139,6 +185,7 @@ class JobRunner:
         """Count the outcome (if this delivery set it), and kick the webhook delivery now; if
         this publish is lost, the outbox sweep sends it."""
         if not outcome.applied:
+            self._let_go(message.job_id)  # it ended meanwhile (a cancel): free its quota now
             return
         metrics.JOBS_FINISHED.labels(message.model, status, reason).inc()
         metrics.JOB_TOTAL.labels(message.model).observe(self._clock() - message.enqueued_at)
@@ -155,8 +202,9 @@ class JobRunner:
         message = EncodeMessage.model_validate(payload)
         job_id = message.job_id
         error = RedeliveryLimit(
-            f"job {job_id} was delivered {attempts} times (limit {self._max_deliveries}); "
-            "workers kept dying on it, so it was moved to the dead-letter list"
+            f"job {job_id} was started {attempts} times (limit {self._max_deliveries}), and "
+            "each time the worker computing it stopped before storing a result (it died, hung "
+            "past its heartbeat, or lost Redis), so it was moved to the dead-letter list"
         )
         log.error("%s", error.message)
         entry = json.dumps(
@@ -186,7 +234,7 @@ class JobRunner:
         try:
             slot = lease.slot if lease else None
             rows = [Row(t, slot, normalize) for t in tokens]
-            return self._submit(rows).result(), lease
+            return self._submit(rows, message.job_id).result(), lease
         finally:
             if lease is not None:
                 self._adapters.release(lease)

@@ -1,5 +1,6 @@
 """Nothing accepted is lost: workers killed mid-batch, scaled down, dying on a job again and
-again; Redis restarted under load; and routing by adapter affinity with bounded loads.
+again; Redis restarted under load; a loaded host whose jobs outlive the visibility timeout and the
+redelivery deadline; and routing by adapter affinity with bounded loads.
 
 Real processes throughout (redis-server, uvicorn gateway, Celery workers) on a tiny random model,
 with short timeouts (visibility 8 s, lease TTL 2 s, heartbeat 0.5 s) so failures heal quickly.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -206,6 +209,27 @@ def victim_running_a_job(c: Cluster, job_ids: list[str]) -> Process | None:
     return None
 
 
+def sigkill_twice(
+    c: Cluster, job_ids: list[str], feeder: threading.Thread, watch: ResultWatch
+) -> None:
+    """Twice, while `feeder` submits: SIGKILL a worker with a job in flight, start another."""
+    for kill in range(2):
+        victim: Process | None = None
+
+        def found(kill: int = kill) -> bool:
+            nonlocal victim
+            victim = victim_running_a_job(c, list(job_ids))
+            return victim is not None or (kill > 0 and not feeder.is_alive())
+
+        wait_until(found, 60, "a worker with a job in flight")
+        if victim is None:
+            break
+        victim.signal(signal.SIGKILL)
+        victim.popen.wait(10)
+        c.stack.start_worker()  # the pod is replaced, as Kubernetes would
+        watch.poll(list(job_ids))
+
+
 def test_sigkill_mid_batch_twice_loses_nothing(cluster: Callable[..., Cluster]) -> None:
     c = cluster(workers=3)
     job_ids: list[str] = []
@@ -215,21 +239,7 @@ def test_sigkill_mid_batch_twice_loses_nothing(cluster: Callable[..., Cluster]) 
         )
         feeder.start()
         watch = ResultWatch(c)
-        for kill in range(2):
-            victim: Process | None = None
-
-            def found(kill: int = kill) -> bool:
-                nonlocal victim
-                victim = victim_running_a_job(c, list(job_ids))
-                return victim is not None or (kill > 0 and not feeder.is_alive())
-
-            wait_until(found, 60, "a worker with a job in flight")
-            if victim is None:
-                break
-            victim.signal(signal.SIGKILL)
-            victim.popen.wait(10)
-            c.stack.start_worker()  # the pod is replaced, as Kubernetes would
-            watch.poll(list(job_ids))
+        sigkill_twice(c, job_ids, feeder, watch)
         feeder.join(120)
         assert len(job_ids) == 500
         wait_until(lambda: watch.poll(job_ids) == 0, 180, "all 500 jobs to finish", interval=0.5)
@@ -293,6 +303,56 @@ def test_job_that_kills_its_workers_is_dead_lettered(cluster: Callable[..., Clus
     entries = [json.loads(e) for e in c.r.lrange(keys.DEAD_LETTER, 0, -1)]
     assert [e["job_id"] for e in entries] == [job_id]
     assert entries[0]["message"]["texts"], "the dead letter keeps the whole message"
+
+
+#: A loaded host: jobs wait in their worker's 32 task threads longer than the visibility timeout,
+#: and in their queues longer than the redelivery deadline, so the broker and the sweeper send
+#: copies of jobs that live workers still hold (here, hundreds of them; before holds, about a
+#: sixth of the jobs failed with REDELIVERY_LIMIT).
+BUSY = {
+    "LORAQ_VISIBILITY_TIMEOUT_S": "8",
+    "LORAQ_ROUTING__REDELIVER_AFTER_S": "15",
+    "LORAQ_WORKER__CONCURRENCY": "32",
+}
+BUSY_JOBS, BUSY_ITEMS = 300, 96
+
+
+@pytest.fixture
+def cpu_burner() -> Iterator[None]:
+    """A process spinning on a core for the whole test, as other tenants of a host would."""
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        burner.kill()
+        burner.wait(10)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("cpu_burner")
+@pytest.mark.parametrize("kills", [0, 2])
+def test_busy_host_fails_and_loses_no_job(cluster: Callable[..., Cluster], kills: int) -> None:
+    """Without kills no job may fail: a copy of a job whose worker is alive is dropped, not
+    counted as a delivery. With two SIGKILLs, a dead worker's jobs count one delivery for its
+    death and still succeed (none exceeds `max_deliveries`)."""
+    c = cluster(workers=2, **BUSY)
+    job_ids: list[str] = []
+    with httpx.Client(base_url=c.stack.url, timeout=60) as client:
+
+        def feed() -> None:
+            with ThreadPoolExecutor(8) as pool:
+                jobs = pool.map(lambda i: submit(client, i, texts=BUSY_ITEMS), range(BUSY_JOBS))
+                job_ids.extend(jobs)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        watch = ResultWatch(c)
+        if kills:
+            sigkill_twice(c, job_ids, feeder, watch)
+        feeder.join(300)
+        assert len(job_ids) == BUSY_JOBS
+        c.wait_all_succeeded(job_ids, 600)
+    assert watch.unchanged(), "a result changed after its job first became terminal"
 
 
 def test_redis_restart_with_aof_loses_no_accepted_job(cluster: Callable[..., Cluster]) -> None:

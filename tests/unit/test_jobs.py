@@ -144,16 +144,106 @@ def test_start_after_fail_is_refused(store: JobStore, client: fakeredis.FakeRedi
     assert client.exists(keys.job_result("job_1")) == 0
 
 
-def test_start_on_running_counts_a_redelivery(store: JobStore, client: fakeredis.FakeRedis) -> None:
+def test_start_on_running_counts_a_redelivery_only_once_the_holder_is_gone(
+    store: JobStore, client: fakeredis.FakeRedis
+) -> None:
+    """A second message while the first delivery's worker holds the job (the broker's
+    visibility timeout, the sweeper) is a duplicate: refused, counting nothing. Once that hold
+    lapses (its worker died) or its worker lets go, the next start is a redelivery and counts."""
     _create(client, _job())
-    assert store.start("job_1", 1.0).attempts == 1
-    again = store.start("job_1", 2.0)
+    assert store.start("job_1", 1.0, "w1").attempts == 1
+    assert client.get(keys.job_hold("job_1")) == b"w1"
+    for _ in range(5):
+        duplicate = store.start("job_1", 2.0, "w2")
+        assert duplicate == Transition(applied=False, previous=JobStatus.RUNNING, attempts=1)
+    client.delete(keys.job_hold("job_1"))  # what expiry does when w1 stops renewing it
+    again = store.start("job_1", 3.0, "w2")
     assert again == Transition(applied=True, previous=JobStatus.RUNNING, attempts=2)
-    third = store.start("job_1", 3.0)
+    assert not store.let_go("job_1", "w1"), "a former holder's let-go changes nothing"
+    assert store.start("job_1", 3.5, "w3").applied is False
+    store.let_go("job_1", "w2")  # w2 gives up without an outcome (Redis errors)
+    third = store.start("job_1", 4.0, "w3")
     assert third.attempts == 3
     job = store.get("job_1")
     assert job is not None
-    assert (job.status, job.attempts, job.started_at) == (JobStatus.RUNNING, 3, 3.0)
+    assert (job.status, job.attempts, job.started_at, job.worker) == (
+        JobStatus.RUNNING, 3, 4.0, "w3",
+    )  # fmt: skip
+    store.succeed("job_1", 5.0, b"v", {})
+    assert client.exists(keys.job_hold("job_1")) == 0, "the outcome ends the hold"
+
+
+def test_holds_live_a_heartbeat_ttl_renewed_only_by_their_holder(
+    client: fakeredis.FakeRedis,
+) -> None:
+    store = JobStore(client, TTL, hold_ttl_s=2.0)
+    _create(client, _job())
+    store.start("job_1", 1.0, "w1")
+    hold = keys.job_hold("job_1")
+    assert 0 < client.pttl(hold) <= 2000
+    client.pexpire(hold, 100)
+    store.renew_holds(["job_1"], "w2")
+    assert client.pttl(hold) <= 100, "another worker cannot keep w1's hold alive"
+    store.renew_holds(["job_1", "job_gone"], "w1")
+    assert 1000 < client.pttl(hold) <= 2000
+    assert client.exists(keys.job_hold("job_gone")) == 0
+
+
+def _held_job_with_quota(client: fakeredis.FakeRedis, store: JobStore) -> None:
+    """job_1 of tenant acme: 5 items and one job counted against its quotas, started by w1."""
+    _create(client, _job(tenant="acme", n_items=5, quota_items=5, quota_job="acme/m-1"))
+    client.hset(keys.QUEUED_ITEMS, "acme", 5)
+    client.hset(keys.QUEUED_JOBS, "acme/m-1", 1)
+    store.start("job_1", 1.0, "w1")
+
+
+def _cancel(server: fakeredis.FakeServer, job_id: str) -> Transition:
+    async def cancel() -> Transition:
+        aclient = fakeredis.FakeAsyncRedis(server=server)
+        try:
+            return await AsyncJobStore(aclient, TTL).cancel(job_id, 2.0)
+        finally:
+            await aclient.aclose()
+
+    return asyncio.run(cancel())
+
+
+def _quota(client: fakeredis.FakeRedis) -> tuple[int, int]:
+    items, jobs = client.hget(keys.QUEUED_ITEMS, "acme"), client.hget(keys.QUEUED_JOBS, "acme/m-1")
+    return int(items or 0), int(jobs or 0)
+
+
+def test_cancelled_running_job_counts_against_its_quota_until_its_holder_stops(
+    server: fakeredis.FakeServer, store: JobStore, client: fakeredis.FakeRedis
+) -> None:
+    _held_job_with_quota(client, store)
+    assert _cancel(server, "job_1").applied
+    assert _quota(client) == (5, 1), "w1 still computes it"
+    assert client.zscore(keys.PENDING_ZSET, "job_1") is not None, "the sweeper's backstop"
+    assert store.start("job_1", 3.0, "w2").applied is False
+    assert not store.let_go("job_1", "w2"), "only its holder stops computing it"
+    assert _quota(client) == (5, 1)
+    assert store.let_go("job_1", "w1")
+    assert _quota(client) == (0, 0)
+    assert client.zscore(keys.PENDING_ZSET, "job_1") is None
+    assert client.exists(keys.job_hold("job_1")) == 0
+    store.let_go("job_1", "w1")
+    assert _quota(client) == (0, 0), "freed once"
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_cancel_frees_the_quota_at_once_when_nobody_computes_it(
+    server: fakeredis.FakeServer, store: JobStore, client: fakeredis.FakeRedis, started: bool
+) -> None:
+    """Queued (never held), or running with its holder gone: nothing computes it any more."""
+    _create(client, _job(tenant="acme", n_items=5, quota_items=5, quota_job="acme/m-1"))
+    client.hset(keys.QUEUED_ITEMS, "acme", 5)
+    client.hset(keys.QUEUED_JOBS, "acme/m-1", 1)
+    if started:
+        store.start("job_1", 1.0, "w1")
+        client.delete(keys.job_hold("job_1"))  # w1 died: its hold lapsed
+    assert _cancel(server, "job_1").applied
+    assert _quota(client) == (0, 0)
 
 
 def test_succeed_from_queued_is_refused(store: JobStore, client: fakeredis.FakeRedis) -> None:
