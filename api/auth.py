@@ -6,8 +6,9 @@ another tenant's job answers 404, never 403, so job ids do not leak across tenan
 disabled (local development only) every caller is the tenant `local`.
 
 Quotas live in Redis so they hold across gateway replicas: a token bucket per tenant for the
-submit rate (here), and a count of the tenant's unfinished items, reserved when the job is
-created and given back by its terminal transition (both in `common.jobs`).
+submit rate (here), and counts of the tenant's unfinished items and of its unfinished jobs per
+model (its share of the model's queue), reserved when the job is created and given back by its
+terminal transition (both in `common.jobs`).
 """
 
 from __future__ import annotations
@@ -60,10 +61,28 @@ class Caller:
     tenant: str
     key: ApiKey | None  # None with auth disabled
 
+    @property
+    def admin(self) -> bool:
+        """Sees operations detail (worker ids, every tenant's adapters): admin keys, and every
+        caller when auth is disabled (local development)."""
+        return self.key is None or self.key.admin
+
+    def allows(self, lora_id: str) -> bool:
+        if self.key is None or not self.key.lora_allow:
+            return True
+        return any(fnmatch.fnmatchcase(lora_id, p) for p in self.key.lora_allow)
+
+    def owns(self, lora_id: str) -> bool:
+        """Whether the adapter is this caller's to see: named by its key's allowlist. A key
+        without one may use any adapter, but none is its own, so it sees none of them."""
+        if self.admin:
+            return True
+        return self.key is not None and bool(self.key.lora_allow) and self.allows(lora_id)
+
     def may_use(self, lora_id: str | None) -> None:
-        if self.key is None or lora_id is None or not self.key.lora_allow:
-            return
-        if not any(fnmatch.fnmatchcase(lora_id, p) for p in self.key.lora_allow):
+        """Checked before the adapter is looked up, and answered the same whether it exists or
+        not, so an allowlist never tells a key which adapters exist."""
+        if lora_id is not None and not self.allows(lora_id):
             raise AdapterForbidden(f"this API key may not use adapter {lora_id!r}")
 
 

@@ -1,4 +1,7 @@
-"""Dependency aliases for routes."""
+"""Dependency aliases for routes.
+
+All `async def`: they do no blocking work, and a sync dependency would take a thread of the
+shared worker-thread pool on every request, where anything slow queued ahead delays them."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from api.auth import Caller, identify
 from api.state import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -18,7 +21,7 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def get_caller(request: Request, gw: GatewayDep) -> Caller:
+async def get_caller(request: Request, gw: GatewayDep) -> Caller:
     return identify(gw.settings.auth, request.headers.get("authorization"))
 
 

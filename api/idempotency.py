@@ -4,7 +4,8 @@ Per tenant and key, the first request reserves the key (SET NX) with a hash of i
 id its job will have, then creates the job. A later request with the same key and the same body
 gets that job (200 instead of 202); with another body, 422. Two concurrent requests race on the
 SET NX, so exactly one job is created; the loser waits for the winner's job to exist. If the
-first request fails before its job exists, the reservation is dropped so a retry can succeed.
+first request fails in any way (a Redis error too) it leaves no live job, and the reservation
+is dropped so a retry can succeed.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from common import keys
 from common.errors import IdempotencyKeyReused, InvalidInput
 from common.jobs import AsyncJobStore
 from common.schemas import StoredJob
+
+log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 255
 #: How long a duplicate waits for the first request's job to appear.
@@ -58,7 +63,12 @@ class Idempotency:
         return str(first["job"])
 
     async def release(self, tenant: str, idem_key: str) -> None:
-        await self._r.delete(self._key(tenant, idem_key))
+        """Best effort, while the request's own error is on its way to the caller: if Redis
+        cannot be asked either, that error is what the caller must see."""
+        try:
+            await self._r.delete(self._key(tenant, idem_key))
+        except RedisError as exc:
+            log.warning("could not release an Idempotency-Key of %s: %s", tenant, exc)
 
     async def first_job(self, job_id: str) -> StoredJob | None:
         loop = asyncio.get_running_loop()

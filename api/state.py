@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-import logging
-import threading
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from tokenizers import Tokenizer
 
 from api.auth import RateLimiter
+from api.checks import SubmitChecks
 from api.idempotency import Idempotency
 from api.publisher import Publisher
 from api.routing_table import RoutingTable
 from api.waiter import CompletionWaiter
 from common.jobs import AsyncJobStore
-from common.model_files import load_tokenizer, max_length
-from common.settings import Settings, resolve_model_path
+from common.settings import Settings
 
-log = logging.getLogger(__name__)
+
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    """A bounded pool that makes a request wait for a free connection rather than fail: a burst
+    of requests (hundreds of long polls re-reading their jobs at once) queues for a moment
+    instead of getting 503s, and Redis never sees more than `redis_max_connections` of ours."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass
@@ -32,22 +38,4 @@ class Gateway:
     routing: RoutingTable
     rate: RateLimiter
     idempotency: Idempotency
-    _tokenizers: dict[str, tuple[Tokenizer, int] | None] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def model_dir(self, model_id: str) -> Path:
-        return resolve_model_path(self.settings.models[model_id])
-
-    def tokenizer(self, model_id: str) -> tuple[Tokenizer, int] | None:
-        """Loaded on first use: only `truncate=false` requests need one at the gateway. A gateway
-        without the model's files (a slim gateway image) leaves the length check to the worker,
-        which fails such a job with the same `INPUT_TOO_LONG`."""
-        with self._lock:
-            if model_id not in self._tokenizers:
-                try:
-                    path = self.model_dir(model_id)
-                    self._tokenizers[model_id] = (load_tokenizer(path), max_length(path))
-                except Exception as exc:
-                    log.warning("no tokenizer for %s at the gateway (%s)", model_id, exc)
-                    self._tokenizers[model_id] = None
-            return self._tokenizers[model_id]
+    checks: SubmitChecks

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import time
-
-from anyio import to_thread
 
 from api.auth import Caller
 from api.errors import error_for_code
@@ -26,7 +23,6 @@ from common.errors import (
     WorkerError,
 )
 from common.metrics import JOBS_FINISHED, JOBS_SUBMITTED
-from common.model_files import check_not_truncated
 from common.schemas import (
     EncodeMessage,
     EncodeRequest,
@@ -35,7 +31,7 @@ from common.schemas import (
     WebhookSpec,
     validate_lora_id,
 )
-from common.ssrf import Unresolvable, parse_networks, parse_url, resolve
+from common.ssrf import Target, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +41,8 @@ def new_job_id() -> str:
     return "job_" + secrets.token_urlsafe(16)
 
 
-async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
+def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
+    """What is cheap to check: the shape of the request, before the caller is admitted."""
     s = gw.settings
     if model not in s.models:
         raise ModelNotFound(f"model {model!r} is not served here; available: {sorted(s.models)}")
@@ -61,29 +58,56 @@ async def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
             raise InputTooLong(
                 f"item {i} has {len(item.text)} characters; the limit is {s.limits.max_text_chars}"
             )
-    options = request.params.options
-    if options.lora_id is not None:
-        validate_lora_id(options.lora_id)
-        check = s.adapters.check_at_submit and not s.adapters.remote
-        if check and not exists_locally(s.adapters.dir, options.lora_id):
-            raise AdapterNotFound(f"adapter {options.lora_id!r} not found")
-    if not options.truncate and (loaded := await to_thread.run_sync(gw.tokenizer, model)):
-        tokenizer, limit = loaded
-        texts = [item.text for item in items]
-        encodings = await to_thread.run_sync(tokenizer.encode_batch, texts)
-        check_not_truncated(encodings, limit)
+    if request.params.options.lora_id is not None:
+        validate_lora_id(request.params.options.lora_id)
 
 
-async def check_webhook(gw: Gateway, who: Caller, webhook: WebhookSpec) -> None:
-    """Refuse at submit what can be known now; a host that does not resolve yet is left to the
-    delivery, which checks again (and fails the delivery with the same code)."""
+def webhook_target(gw: Gateway, who: Caller, webhook: WebhookSpec) -> Target:
     own_secret = who.key is not None and who.key.webhook_secret is not None
     if gw.settings.webhooks.secret is None and not own_secret:
         raise WebhooksDisabled("webhooks are not enabled here (no signing secret configured)")
-    target = parse_url(webhook.url)
-    allowed = parse_networks(gw.settings.webhooks.allow_networks)
-    with contextlib.suppress(Unresolvable):
-        await to_thread.run_sync(resolve, target, allowed)
+    return parse_url(webhook.url)
+
+
+async def admit(gw: Gateway, who: Caller, model: str) -> None:
+    """The tenant's submit rate first: a refused request costs nothing more, and does not count
+    against the model's backpressure limit."""
+    await gw.rate.admit(who)
+    gw.routing.admit(model)
+
+
+async def check_costly(
+    gw: Gateway, model: str, request: EncodeRequest, webhook: Target | None
+) -> None:
+    """Only for admitted requests: the adapter's existence (after the key's allowlist, so a
+    refusal never tells which adapters exist), token lengths, the webhook host's addresses."""
+    adapters = gw.settings.adapters
+    options = request.params.options
+    lora_id = options.lora_id
+    checkable = adapters.check_at_submit and not adapters.remote
+    if lora_id is not None and checkable and not exists_locally(adapters.dir, lora_id):
+        raise AdapterNotFound(f"adapter {lora_id!r} not found")
+    if not options.truncate:
+        await gw.checks.not_truncated(model, [item.text for item in request.items])
+    if webhook is not None:
+        await gw.checks.webhook_host(webhook)
+
+
+def quota_error(
+    refused: tuple[str, int], job: StoredJob, items_limit: int | None, jobs_limit: int | None
+) -> QuotaExceeded:
+    kind, count = refused
+    if kind == "jobs":
+        message = (
+            f"{count} jobs of this tenant are unfinished for {job.model!r}; its share of that "
+            f"model's queue is {jobs_limit}"
+        )
+    else:
+        message = (
+            f"{count} items of this API key are queued; {job.n_items} more would pass its "
+            f"limit of {items_limit}"
+        )
+    return QuotaExceeded(message, retry_after=5)
 
 
 async def submit(
@@ -94,16 +118,16 @@ async def submit(
     webhook: WebhookSpec | None = None,
     job_id: str | None = None,
 ) -> StoredJob:
-    """Validate, admit (backpressure, the caller's quotas), record the job, route it, publish it.
-    If publishing fails the job is marked failed and the caller gets 503, so no job is left
-    looking queued with no message behind it."""
-    await validate(gw, model, request)
+    """Check what is cheap, authorize, admit (the caller's rate, backpressure), then check what
+    is costly, record the job within the caller's quotas, route it, publish it. If anything
+    fails once the job is recorded, it is marked failed and the caller gets 503, so no job is
+    left looking queued with no message behind it."""
+    validate(gw, model, request)
     options = request.params.options
     who.may_use(options.lora_id)
-    if webhook is not None:
-        await check_webhook(gw, who, webhook)
-    gw.routing.admit(model)
-    await gw.rate.admit(who)
+    target = webhook_target(gw, who, webhook) if webhook is not None else None
+    await admit(gw, who, model)
+    await check_costly(gw, model, request, target)
     now = time.time()
     ids = [item.id for item in request.items]
     job = StoredJob(
@@ -127,21 +151,18 @@ async def submit(
         truncate=options.truncate,
         enqueued_at=now,
     )
-    limit = who.key.max_queued_items if who.key else None
-    queued = await gw.store.create(job, message.model_dump_json().encode(), limit)
-    if queued is not None:
-        raise QuotaExceeded(
-            f"{queued} items of this API key are queued; {job.n_items} more would pass its "
-            f"limit of {limit}",
-            retry_after=5,
-        )
-    route = gw.routing.route(model, options.lora_id, job.id)
+    share = gw.settings.limits.tenant_max_jobs()
+    limits = (who.key.max_queued_items, share) if who.key else (None, None)
+    refused = await gw.store.create(job, message.model_dump_json().encode(), *limits)
+    if refused is not None:
+        raise quota_error(refused, job, *limits)
     try:
+        route = gw.routing.route(model, options.lora_id, job.id)
         await gw.publisher.encode(message, route.queue)
     except Exception as exc:
         log.exception("publishing job %s failed", job.id)
         gw.routing.completed(job.id)
-        error = QueueUnavailable(f"the job queue is unavailable: {exc}")
+        error = QueueUnavailable("the job queue is unavailable; retry shortly")
         await gw.store.fail(job.id, time.time(), error.code, error.message)
         JOBS_FINISHED.labels(model, "failed", error.code).inc()
         raise error from exc

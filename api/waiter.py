@@ -1,9 +1,11 @@
 """Wait for jobs to finish without polling Redis per request.
 
 One pub/sub subscription per gateway process hears every terminal transition (the job store's
-Lua publishes the job id) and wakes that job's waiters. A waiter also re-reads the job record
-every `recheck_s`, so a notification lost while the subscription reconnects costs at most that
-much latency, never a hang.
+Lua publishes the job id) and wakes that job's waiters. A waiter holds no Redis connection while
+it waits: it takes one from the pool only to read its job. Each time the subscription is
+(re)established every waiter re-reads its job, since what finished while it was down was not
+heard; and a waiter re-reads every `recheck_s` anyway, so a lost notification costs at most
+that much latency, never a hang.
 """
 
 from __future__ import annotations
@@ -79,14 +81,15 @@ class CompletionWaiter:
                     await pubsub.subscribe(keys.JOB_DONE_CHANNEL)
                     backoff = 0.1
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] == "subscribe":
+                            for job_id in list(self._waiters):
+                                self._wake(job_id)
+                        elif message["type"] == "message":
                             job_id = message["data"].decode()
                             self._wake(job_id)
                             for callback in self.on_done:
                                 callback(job_id)
             except RedisError as exc:
                 log.warning("completion subscription lost (%s); retrying", exc)
-                for job_id in list(self._waiters):
-                    self._wake(job_id)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

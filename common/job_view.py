@@ -35,7 +35,11 @@ def item_ids(job: StoredJob) -> list[str | None]:
     return job.item_ids or [None] * job.n_items
 
 
-def job_view(job: StoredJob, result: bytes | None, self_url: str) -> dict[str, Any]:
+def job_view(
+    job: StoredJob, result: bytes | None, self_url: str, internal: bool = False
+) -> dict[str, Any]:
+    """`internal` (operators only) adds which worker ran the job: a host name and process id
+    are no tenant's business."""
     items = None
     if result is not None:
         items = [
@@ -51,7 +55,7 @@ def job_view(job: StoredJob, result: bytes | None, self_url: str) -> dict[str, A
         "adapter_hash": job.adapter_hash,
         "n_items": job.n_items,
         "attempts": job.attempts,
-        "worker": job.worker,
+        **({"worker": job.worker} if internal else {}),
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

@@ -12,13 +12,14 @@ from fastapi.responses import Response
 from api.auth import Caller
 from api.body import parse_body
 from api.deps import CallerDep, GatewayDep
-from api.idempotency import body_digest
+from api.idempotency import MAX_KEY_LENGTH, body_digest
+from api.openapi import JobView, error_responses, request_body
 from api.state import Gateway
 from api.submit import new_job_id, submit
-from common.errors import JobNotCancellable, JobNotFound, LoraqError
+from common.errors import JobNotCancellable, JobNotFound
 from common.job_view import job_json, job_view
 from common.metrics import JOBS_FINISHED
-from common.schemas import ErrorBody, JobCreated, JobRequest, StoredJob, iso
+from common.schemas import JobCreated, JobRequest, StoredJob, iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -28,8 +29,30 @@ _WAIT_DOC = (
     "the client polling in a loop."
 )
 _JOB_ID_RE = re.compile(r"job_[A-Za-z0-9_-]{16,64}")
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+_IDEMPOTENCY_DOC = (
+    "A retry with the same key and body gets the job the first request created (200); with "
+    "another body, 422 `IDEMPOTENCY_KEY_REUSED`."
+)
+_JOB_LINKS = {
+    "GetJob": {"operationId": "get_job", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancel_job", "parameters": {"job_id": "$response.body#/id"}},
+}
+_CREATED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Queued",
+        "headers": {"Location": {"description": "The job's URL", "schema": {"type": "string"}}},
+        "links": _JOB_LINKS,
+    },
+    200: {
+        "model": JobCreated,
+        "description": "The job this Idempotency-Key already stands for",
+        "links": _JOB_LINKS,
+    },
+    **error_responses(400, 403, 404, 413, 415, 422, 429),
+}
+_JOB: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobView, "description": "The job"},
+    **error_responses(404, 422),
 }
 
 
@@ -64,18 +87,18 @@ async def owned_job(gw: Gateway, who: Caller, job_id: str) -> StoredJob:
     "",
     status_code=202,
     response_model=JobCreated,
-    responses=_ERRORS,
-    openapi_extra={
-        "requestBody": {"content": {"application/json": {"schema": JobRequest.model_json_schema()}}}
-    },
+    responses=_CREATED,
+    openapi_extra=request_body(JobRequest),
 )
 async def create_job(
     request: Request,
     gw: GatewayDep,
     who: CallerDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=MAX_KEY_LENGTH, description=_IDEMPOTENCY_DOC)
+    ] = None,
 ) -> Response:
-    body = await parse_body(request, JobRequest, gw.settings.limits.max_body_bytes)
+    body = await parse_body(request, JobRequest, gw.settings.limits)
     if idempotency_key is None:
         return created(await submit(gw, who, body.model, body, body.webhook), 202)
     job_id = new_job_id()
@@ -88,13 +111,13 @@ async def create_job(
         return created(job, 200)
     try:
         job = await submit(gw, who, body.model, body, body.webhook, job_id=job_id)
-    except LoraqError:
+    except Exception:  # a Redis error too: submit leaves no live job behind when it raises
         await gw.idempotency.release(who.tenant, idempotency_key)
         raise
     return created(job, 202)
 
 
-@router.get("/{job_id}", responses=_ERRORS)
+@router.get("/{job_id}", operation_id="get_job", responses=_JOB)
 async def get_job(
     job_id: str,
     gw: GatewayDep,
@@ -105,13 +128,14 @@ async def get_job(
     if wait and not job.status.terminal:
         job = await gw.waiter.wait(job_id, wait) or await gw.store.get(job_id) or job
     result = await gw.store.get_result(job_id) if job.status == "succeeded" else None
-    return Response(job_json(job_view(job, result, job_url(job.id))), media_type="application/json")
+    view = job_view(job, result, job_url(job.id), internal=who.admin)
+    return Response(job_json(view), media_type="application/json")
 
 
-@router.delete("/{job_id}", responses=_ERRORS)
+@router.delete("/{job_id}", operation_id="cancel_job", responses={**_JOB, **error_responses(409)})
 async def cancel_job(job_id: str, gw: GatewayDep, who: CallerDep) -> Response:
-    """Cancels a queued job. A running job is cancelled too: its result, when the worker
-    finishes computing it, is discarded (compute already under way is not interrupted)."""
+    """Cancels a queued or running job. A running job's worker stops its remaining rows at the
+    next batch boundary; its items count against the key's quota until the worker has stopped."""
     await owned_job(gw, who, job_id)
     outcome = await gw.store.cancel(job_id, time.time())
     if not outcome.applied:
@@ -120,4 +144,5 @@ async def cancel_job(job_id: str, gw: GatewayDep, who: CallerDep) -> Response:
         await gw.publisher.webhook(job_id)
     job = await owned_job(gw, who, job_id)
     JOBS_FINISHED.labels(job.model, "cancelled", "").inc()
-    return Response(job_json(job_view(job, None, job_url(job.id))), media_type="application/json")
+    view = job_view(job, None, job_url(job.id), internal=who.admin)
+    return Response(job_json(view), media_type="application/json")

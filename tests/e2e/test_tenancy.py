@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,7 @@ def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         key_entry("globex"),
         key_entry("slowpoke", rate_per_s=0.2, burst=2),
         key_entry("smallfry", max_queued_items=3),
+        key_entry("ops", admin=True),
     ]
     env = {
         "LORAQ_AUTH__KEYS": json.dumps(keys),
@@ -86,14 +88,30 @@ def test_tenant_isolation(keyed_stack: Stack) -> None:
         job_id = acme.post("/v1/jobs", json=body()).json()["id"]
         for method in ("GET", "DELETE"):
             assert code(globex.request(method, f"/v1/jobs/{job_id}")) == (404, "JOB_NOT_FOUND")
-        assert acme.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
-        # The adapter allowlist of acme's key: only acme/* adapters.
+        done = acme.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded" and "worker" not in done
+        # The adapter allowlist of acme's key: only acme/* adapters, whether they exist or not.
         assert acme.post("/v1/jobs", json=body(lora_id="acme/a0")).status_code == 202
-        assert code(acme.post("/v1/jobs", json=body(lora_id="globex/a0"))) == (
-            403,
-            "ADAPTER_FORBIDDEN",
-        )
+        for other in ("globex/a0", "globex/missing"):
+            assert code(acme.post("/v1/jobs", json=body(lora_id=other))) == (
+                403,
+                "ADAPTER_FORBIDDEN",
+            )
         assert globex.post("/v1/jobs", json=body(lora_id="globex/a0")).status_code == 202
+
+
+def test_workers_view_shows_a_tenant_only_its_own_adapters(keyed_stack: Stack) -> None:
+    with as_("globex", keyed_stack) as globex, as_("ops", keyed_stack) as ops:
+        job_id = globex.post("/v1/jobs", json=body(lora_id="globex/a0")).json()["id"]
+        assert globex.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
+        deadline = time.monotonic() + 30
+        while "globex/a0" not in ops.get("/v1/workers").text:  # the next heartbeat says so
+            assert time.monotonic() < deadline, "the adapter never showed up warm"
+            time.sleep(0.2)
+        assert ops.get("/v1/workers").json()["models"][MODEL]["workers"][0]["id"]
+    with as_("acme", keyed_stack) as acme:
+        view = acme.get("/v1/workers").json()["models"][MODEL]
+    assert view["live_workers"] == 1 and "globex/a0" not in view["warm_adapters"]
 
 
 def test_submit_rate_quota(keyed_stack: Stack) -> None:

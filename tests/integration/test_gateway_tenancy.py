@@ -1,0 +1,119 @@
+"""What one API key learns about others on the gateway: adapter allowlists answer alike for
+adapters that exist and that do not, `/v1/workers` shows a key only its own adapters, and a job
+view names no worker (`api/auth.py`, `api/routes/workers.py`, `common/job_view.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from common import keys
+from common.jobs import JobStore
+from common.schemas import WorkerInfo
+from common.workers import write_heartbeat
+from tests.integration.gateway_app import (
+    MODEL,
+    Keys,
+    add_adapter,
+    code,
+    gateway,
+    job_body,
+    settings,
+)
+
+
+def refusals(lora_id: str) -> list[tuple[str, dict[str, object]]]:
+    """The same adapter asked for on every route that takes one."""
+    job = job_body(lora_id=lora_id)
+    return [
+        ("/v1/jobs", job),
+        (f"/v1/encode/{MODEL}", {"items": job["items"], "params": job["params"]}),
+        ("/v1/embeddings", {"model": f"{MODEL}:{lora_id}", "input": "x"}),
+    ]
+
+
+def test_an_allowlist_answers_alike_whether_the_adapter_exists_or_not(
+    redis_url: str, tmp_path: Path
+) -> None:
+    api_keys = Keys()
+    s = settings(redis_url, tmp_path, [api_keys.entry("acme", lora_allow=["acme/*"])])
+    add_adapter(tmp_path, "globex/a0")
+    headers = api_keys.headers("acme")
+
+    async def scenario() -> dict[str, list[httpx.Response]]:
+        async with gateway(s) as (client, _):
+            return {
+                lora_id: [
+                    await client.post(path, json=body, headers=headers)
+                    for path, body in refusals(lora_id)
+                ]
+                for lora_id in ("globex/a0", "globex/missing", "acme/missing")
+            }
+
+    answers = asyncio.run(scenario())
+    for existing, missing in zip(answers["globex/a0"], answers["globex/missing"], strict=True):
+        assert code(existing) == code(missing) == (403, "ADAPTER_FORBIDDEN")
+        text = existing.json()["error"]["message"].replace("globex/a0", "ID")
+        assert text == missing.json()["error"]["message"].replace("globex/missing", "ID")
+    assert [code(r) for r in answers["acme/missing"]] == [(404, "ADAPTER_NOT_FOUND")] * 3
+
+
+def test_workers_view_shows_a_key_only_its_own_adapters(redis_url: str, tmp_path: Path) -> None:
+    api_keys = Keys()
+    entries = [
+        api_keys.entry("ops", admin=True),
+        api_keys.entry("acme", lora_allow=["acme/*"]),
+        api_keys.entry("globex"),
+    ]
+    s = settings(redis_url, tmp_path, entries)
+    now = time.time()
+    worker = WorkerInfo(
+        id="gpu-host-7-4242", model=MODEL, queues=[keys.shard_queue(MODEL, 0)],
+        warm_adapters=["acme/a0", "globex/secret-project"], started_at=now, seen_at=now,
+    )  # fmt: skip
+    write_heartbeat(redis.Redis.from_url(redis_url), worker, heartbeat_s=60)
+
+    async def scenario() -> dict[str, httpx.Response]:
+        async with gateway(s) as (client, gw):
+            await gw.routing.refresh()
+            return {
+                tenant: await client.get("/v1/workers", headers=api_keys.headers(tenant))
+                for tenant in ("ops", "acme", "globex")
+            }
+
+    views = asyncio.run(scenario())
+    full = views["ops"].json()["models"][MODEL]
+    assert [w["id"] for w in full["workers"]] == [worker.id]
+    assert full["workers"][0]["warm_adapters"] == worker.warm_adapters
+    acme, globex = (views[t].json()["models"][MODEL] for t in ("acme", "globex"))
+    assert acme == {"queued": 0, "live_workers": 1, "warm_adapters": ["acme/a0"]}
+    assert globex["warm_adapters"] == [], "a key without an allowlist owns no adapter"
+    for tenant in ("acme", "globex"):
+        assert worker.id not in views[tenant].text
+        assert "globex/secret-project" not in views[tenant].text
+
+
+def test_a_job_view_names_its_worker_to_operators_only(redis_url: str, tmp_path: Path) -> None:
+    api_keys = Keys()
+    entries = [api_keys.entry("acme"), api_keys.entry("acme-ops", tenant="acme", admin=True)]
+    s = settings(redis_url, tmp_path, entries)
+    worker_store = JobStore(redis.Redis.from_url(redis_url), s.result_ttl_s)
+    tenant, ops = api_keys.headers("acme"), api_keys.headers("acme-ops")
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with gateway(s) as (client, _):
+            job_id = (await client.post("/v1/jobs", json=job_body(), headers=tenant)).json()["id"]
+            worker_store.start(job_id, time.time(), "gpu-host-7-4242")
+            return (
+                await client.get(f"/v1/jobs/{job_id}", headers=tenant),
+                await client.get(f"/v1/jobs/{job_id}", headers=ops),
+            )
+
+    tenant_view, ops_view = asyncio.run(scenario())
+    assert tenant_view.json()["status"] == "running"
+    assert "worker" not in tenant_view.json() and "gpu-host" not in tenant_view.text
+    assert ops_view.json()["worker"] == "gpu-host-7-4242"
