@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.auth import RateLimiter
+from api.body import parse_limiter
+from api.checks import SubmitChecks
 from api.errors import install_error_handlers
 from api.idempotency import Idempotency
+from api.openapi import install_openapi
 from api.publisher import Publisher
-from api.routes import embeddings, encode, health, jobs, workers
+from api.routes import embeddings, encode, health, jobs, webhook_secret, workers
 from api.routing_table import RoutingTable
-from api.state import Gateway
+from api.state import Gateway, connect_redis
 from api.waiter import CompletionWaiter
 from common.jobs import AsyncJobStore
 from common.queueing import make_celery
@@ -24,7 +26,7 @@ from common.settings import Settings
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = connect_redis(settings)
         store = AsyncJobStore(client, settings.result_ttl_s, settings.routing.redeliver_after_s)
         waiter = CompletionWaiter(client, store)
         await waiter.start()
@@ -34,8 +36,10 @@ def create_app(settings: Settings) -> FastAPI:
         publisher = Publisher(make_celery(settings))
         rate = RateLimiter(client)
         idempotency = Idempotency(client, store, settings.auth.idempotency_ttl_s)
+        checks = SubmitChecks(settings)
+        app.state.parse_limiter = parse_limiter()
         app.state.gateway = Gateway(
-            settings, client, store, publisher, waiter, routing, rate, idempotency
+            settings, client, store, publisher, waiter, routing, rate, idempotency, checks
         )
         try:
             yield
@@ -43,6 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
             await routing.stop()
             await waiter.stop()
             publisher.close()
+            checks.close()
             await client.aclose()
 
     app = FastAPI(title="loraq", version="0.1.0", lifespan=lifespan)
@@ -52,4 +57,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(embeddings.router)
     app.include_router(health.router)
     app.include_router(workers.router)
+    app.include_router(webhook_secret.router)
+    install_openapi(app, settings)
     return app

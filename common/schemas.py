@@ -45,6 +45,13 @@ class JobStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
+#: No request holds more items than this, whatever `LimitSettings.max_items_per_job` says (that
+#: setting is checked first, on the raw body, and cannot be set higher).
+MAX_ITEMS_CEILING = 65_536
+#: A model id or an adapter-qualified one (`<model>:<lora_id>`), at most.
+MAX_MODEL_CHARS = 512
+
+
 class Item(BaseModel):
     # SIE items may carry fields loraq does not use (images, metadata): ignored, as SIE does.
     model_config = ConfigDict(extra="ignore")
@@ -66,7 +73,7 @@ class EncodeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     options: EncodeOptions = EncodeOptions()
-    output_types: list[Literal["dense"]] | None = None
+    output_types: list[Literal["dense"]] | None = Field(None, max_length=8)
     output_dtype: Literal["float32"] | None = None
 
 
@@ -75,7 +82,8 @@ class EncodeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[Item]
+    # fail_fast: a list of bad items is refused at its first bad one, not with an error each.
+    items: list[Item] = Field(min_length=1, max_length=MAX_ITEMS_CEILING, fail_fast=True)
     params: EncodeParams = EncodeParams()
 
 
@@ -87,11 +95,13 @@ class WebhookSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2048)
-    events: list[WebhookEvent] = Field(default_factory=lambda: list(ALL_EVENTS), min_length=1)
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(ALL_EVENTS), min_length=1, max_length=8
+    )
 
 
 class JobRequest(EncodeRequest):
-    model: str
+    model: str = Field(max_length=MAX_MODEL_CHARS)
     webhook: WebhookSpec | None = None
 
 
@@ -109,6 +119,8 @@ class JobCreated(BaseModel):
 class ErrorInfo(BaseModel):
     code: str
     message: str
+    #: On 504 `JOB_TIMEOUT`: the job goes on and can be polled.
+    job_id: str | None = None
 
 
 class ErrorBody(BaseModel):
@@ -154,6 +166,7 @@ class StoredJob(BaseModel):
     worker: str | None = None  # the worker that last started it
     tenant: str | None = None  # the API key's tenant that owns it
     quota_items: int | None = None  # items reserved against the tenant's quota until terminal
+    quota_job: str | None = None  # its tenant's QUEUED_JOBS field it counts in until terminal
     n_tokens: int | None = None  # tokens encoded (after truncation)
     webhook_url: str | None = None
     webhook_events: str | None = None  # space-separated statuses
@@ -165,10 +178,14 @@ class StoredJob(BaseModel):
 
 
 def iso(ts: float | None) -> str | None:
-    """RFC 3339 in UTC with a `Z`, as pydantic writes datetimes."""
+    """RFC 3339 in UTC with a `Z`, as pydantic writes datetimes; None for a time no datetime
+    can hold (a stored value from a receiver's absurd `Retry-After` must not break a view)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 class WorkerInfo(BaseModel):

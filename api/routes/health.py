@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from api.deps import GatewayDep
+from common.schemas import ErrorInfo
 from common.workers import live_workers
 
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    redis: bool
+    #: Live workers per served model.
+    workers: dict[str, int]
+    #: When not ready: `NOT_READY` and what is missing.
+    error: ErrorInfo | None = None
 
 
 @router.get("/healthz")
@@ -24,7 +37,13 @@ async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": Readiness, "description": "Redis answers and every model has a worker"},
+        503: {"model": Readiness, "description": "Not ready: Redis or a model's worker is missing"},
+    },
+)
 async def readyz(gw: GatewayDep) -> Response:
     models = dict.fromkeys(gw.settings.models, 0)
     try:

@@ -605,6 +605,37 @@ def test_compose_flower_sees_our_prefixed_broker_keys(compose: dict[str, Any]) -
     assert namespace["broker_transport_options"]["global_keyprefix"] == keys.KOMBU_PREFIX
 
 
+def compose_defaults(value: str) -> str:
+    """`value` as Compose reads it with no variable set: `${NAME:-default}` is its default,
+    `$$` a literal `$`."""
+    return re.sub(r"\$\{[A-Za-z_]\w*:-([^}]*)\}", r"\1", value).replace("$$", "$")
+
+
+def test_compose_flower_needs_a_login_and_stays_on_loopback(compose: dict[str, Any]) -> None:
+    """Flower shows every task's texts (every tenant's): never published open by default."""
+    flower = compose["services"]["flower"]
+    ((host, *_),) = [compose_defaults(p).rsplit(":", 2) for p in flower["ports"]]
+    assert host == "127.0.0.1"
+    # Flower reads FLOWER_BASIC_AUTH itself; the container gets it from the operator's env.
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    # The entrypoint, run here as the container would: no login set, no Flower.
+    entrypoint = [compose_defaults(part) for part in flower["entrypoint"]]
+    assert entrypoint[0] == "sh"
+
+    def start(login: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": login}
+        argv = [*entrypoint, "sh", "-c", 'echo "flower started as $FLOWER_BASIC_AUTH"']
+        return subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+
+    refused = start("")
+    assert refused.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in refused.stderr
+    assert "flower started" not in refused.stdout
+    started = start("ops:s3cret")
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "flower started as ops:s3cret"
+
+
 def test_compose_sets_only_real_settings(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         env = service.get("environment", {})
