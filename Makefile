@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-fast lint format bench bench-e2e bench-engine bench-routing up clean
+.PHONY: demo test test-unit test-fast lint format bench bench-e2e bench-engine bench-routing bench-control-plane up clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-engine: $(STAMP)
 
 bench-routing: $(STAMP)
 	$(PY) bench/routing.py
+
+bench-control-plane: $(STAMP)
+	$(PY) bench/control_plane.py
 
 up: $(STAMP)
 	$(PY) -m loraq.cli up
