@@ -1,18 +1,16 @@
 """The floor: a plain Celery task that does one Redis INCR, consumed as loraq consumes.
 
 Same broker settings (`common.queueing.make_celery`: key prefix, JSON, visibility timeout), same
-consumer settings (`worker.celery_app.make_consumer_app`: late acks, prefetch 1, task events),
+consumer settings (`worker.celery_app.make_consumer_app`: late acks, prefetch 1, no events),
 same pool flags as `WorkerProcess.run` (threads, `worker.concurrency`, no mingle or gossip): what
 is left is Celery's own cost per task (publish, consume, ack) plus one round trip, and nothing of
 loraq's. `python bench/celery_noop.py` runs the worker, configured by `LORAQ_*` variables; the
 harness publishes with `make_app(...).send_task(NOOP_TASK, queue=NOOP_QUEUE)` and counts
-`DONE_KEY`. With `BENCH_NOOP_EVENTS=0` the worker sends no task events (Celery's default;
-loraq's consumer settings turn them on for Flower), to show what events cost.
+`DONE_KEY`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -27,13 +25,10 @@ from worker.celery_app import make_consumer_app
 NOOP_TASK = "bench.noop"
 NOOP_QUEUE = "bench-noop"
 DONE_KEY = "bench:noop:done"
-EVENTS_ENV = "BENCH_NOOP_EVENTS"
 
 
-def make_app(settings: Settings, events: bool = True) -> Celery:
+def make_app(settings: Settings) -> Celery:
     app = make_consumer_app(settings)
-    if not events:
-        app.conf.worker_send_task_events = False
     client = redis.Redis.from_url(settings.redis_url)
 
     @app.task(name=NOOP_TASK, acks_late=True, ignore_result=True, shared=False)
@@ -45,7 +40,7 @@ def make_app(settings: Settings, events: bool = True) -> Celery:
 
 def main() -> None:
     settings = Settings()
-    make_app(settings, os.environ.get(EVENTS_ENV, "1") != "0").worker_main(
+    make_app(settings).worker_main(
         [
             "worker",
             "--pool=threads",

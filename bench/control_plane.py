@@ -6,8 +6,7 @@ measured in the same run:
 1. Floor. A plain Celery no-op task (publish, consume, ack, one INCR; `bench/celery_noop.py`,
    consumed with loraq's own consumer settings and pool flags) on the same redis-server, about
    `--concurrency` tasks unfinished: CPU per task of that worker, of redis-server and of this
-   process (the publisher). Twice: with task events on, as loraq's settings have them (`floor`:
-   the worker target's yardstick), and off, Celery's default (`floor_no_events`).
+   process (the publisher): the worker target's yardstick.
 2. Control plane. The real stack (uvicorn gateway, one Celery worker, the redis-server) on a tiny
    random BERT (hidden 32, 2 layers: its forward is nearly free, so what remains is the job
    system), jobs over base + `--adapters` adapters round-robin, short texts (6-16 words), about
@@ -149,8 +148,7 @@ def run(b: Bench) -> dict[str, Any]:
     args = b.args
     result: dict[str, Any] = {"sizes": [], "control_plane": [], "drain": []}
     if "floor" not in args.skip:
-        result["floor"] = _phase("floor", partial(measure_floor, b, events=True))
-        result["floor_no_events"] = _phase("floor, no events", partial(measure_floor, b, False))
+        result["floor"] = _phase("floor", partial(measure_floor, b))
     b.stack.start_gateway()
     tokenizer = load_tokenizer(b.models.model_dir)
     if "control" not in args.skip:

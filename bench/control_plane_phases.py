@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from bench.celery_noop import DONE_KEY, EVENTS_ENV, NOOP_QUEUE, NOOP_TASK, make_app
+from bench.celery_noop import DONE_KEY, NOOP_QUEUE, NOOP_TASK, make_app
 from bench.control_plane_load import BenchError, CompletionCounter, build_calls, run_floor, run_load
 from bench.control_plane_procs import (
     LOADGEN,
@@ -59,10 +59,8 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1) if values else 0.0
 
 
-def measure_floor(b: Bench, events: bool) -> dict[str, Any]:
-    """`events`: task events on, as loraq's consumer settings have them (like for like), or off,
-    Celery's default."""
-    worker = start_bench_worker(b.stack, "celery_noop.py", {EVENTS_ENV: "1" if events else "0"})
+def measure_floor(b: Bench) -> dict[str, Any]:
+    worker = start_bench_worker(b.stack, "celery_noop.py", {})
     app = make_app(Settings(redis_url=b.redis_url))
     counter = redis.Redis.from_url(b.redis_url)
     window = b.args.concurrency
@@ -79,8 +77,7 @@ def measure_floor(b: Bench, events: bool) -> dict[str, Any]:
     try:
         run(b.plan["warm"], idle_s=120)  # the worker starts meanwhile
         pids = b.pids(worker, gateway=False)
-        name = "floor-worker" if events else "floor-worker-no-events"
-        profilers = _profilers(b, {name: worker.popen.pid})
+        profilers = _profilers(b, {"floor-worker": worker.popen.pid})
         before = cpu_snapshot(pids)
         wall = run(b.plan["floor"], idle_s=60)
         after = cpu_snapshot(pids)
@@ -91,7 +88,6 @@ def measure_floor(b: Bench, events: bool) -> dict[str, Any]:
         counter.close()
     tasks = b.plan["floor"]
     out = {
-        "task_events": events,
         "tasks": tasks,
         "wall_s": round(wall, 3),
         "tasks_per_s": round(tasks / wall, 1),

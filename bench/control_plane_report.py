@@ -130,13 +130,12 @@ def table(result: Mapping[str, Any]) -> str:
         "control plane (tiny model): CPU ms per job per process",
         f"{'mode':<12}{'items':>6}{'jobs/s':>9}{'p50 ms':>9}" + "".join(f"{n:>10}" for n in names),
     ]
-    for key, label in (("floor", "no-op, events"), ("floor_no_events", "no-op, no events")):
-        if (floor := result.get(key)) is not None:
-            cpu = floor["cpu_ms_per_task"]
-            lines.append(
-                f"{label:<18}{floor['tasks_per_s']:>9.1f}{'':>9}"
-                + "".join(f"{_fmt(cpu.get(n)):>10}" for n in names)
-            )
+    if (floor := result.get("floor")) is not None:
+        cpu = floor["cpu_ms_per_task"]
+        lines.append(
+            f"{'Celery no-op':<18}{floor['tasks_per_s']:>9.1f}{'':>9}"
+            + "".join(f"{_fmt(cpu.get(n)):>10}" for n in names)
+        )
     for row in result.get("control_plane", []):
         cpu = row["cpu_ms_per_job"]
         lines.append(
