@@ -1,6 +1,7 @@
-"""Publishing to the Celery broker from async code, on threads of its own.
+"""Webhook delivery requests to the Celery broker from async code, on threads of its own.
 
-Celery's publish blocks, so it runs off the event loop. Not on the shared worker-thread pool:
+(Encode jobs are queued by the job store itself, in the Lua call that records them.) Celery's
+publish blocks, so it runs off the event loop. Not on the shared worker-thread pool:
 Celery keeps its (disabled) result backend per thread and builds it by scanning every installed
 package's entry points, about 10 ms, so each fresh pool thread made a submit that much slower.
 A few long-lived threads pay that once, and bound how many publishes run at once.
@@ -13,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
 
-from common.queueing import publish, publish_webhook
-from common.schemas import EncodeMessage
+from common.queueing import publish_webhook
 
 THREADS = 4
 
@@ -23,10 +23,6 @@ class Publisher:
     def __init__(self, celery: Celery, threads: int = THREADS) -> None:
         self._celery = celery
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="loraq-publish")
-
-    async def encode(self, message: EncodeMessage, queue: str) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, publish, self._celery, message, queue)
 
     async def webhook(self, job_id: str) -> None:
         loop = asyncio.get_running_loop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 
@@ -16,13 +15,12 @@ from common.errors import (
     JobTimeout,
     ModelNotFound,
     NoItems,
-    QueueUnavailable,
     QuotaExceeded,
     TooManyItems,
     WebhooksDisabled,
     WorkerError,
 )
-from common.metrics import JOBS_FINISHED, JOBS_SUBMITTED
+from common.metrics import JOBS_SUBMITTED
 from common.schemas import (
     EncodeMessage,
     EncodeRequest,
@@ -32,8 +30,6 @@ from common.schemas import (
     validate_lora_id,
 )
 from common.ssrf import Target, parse_url
-
-log = logging.getLogger(__name__)
 
 
 def new_job_id() -> str:
@@ -119,9 +115,8 @@ async def submit(
     job_id: str | None = None,
 ) -> StoredJob:
     """Check what is cheap, authorize, admit (the caller's rate, backpressure), then check what
-    is costly, record the job within the caller's quotas, route it, publish it. If anything
-    fails once the job is recorded, it is marked failed and the caller gets 503, so no job is
-    left looking queued with no message behind it."""
+    is costly, route the job, then record and queue it within the caller's quotas in one step:
+    if that fails (Redis unreachable), nothing was recorded and the caller gets 503."""
     validate(gw, model, request)
     options = request.params.options
     who.may_use(options.lora_id)
@@ -153,19 +148,16 @@ async def submit(
     )
     share = gw.settings.limits.tenant_max_jobs()
     limits = (who.key.max_queued_items, share) if who.key else (None, None)
-    refused = await gw.store.create(job, message.model_dump_json().encode(), *limits)
-    if refused is not None:
-        raise quota_error(refused, job, *limits)
+    route = gw.routing.route(model, options.lora_id, job.id)
+    raw = message.model_dump_json().encode()
     try:
-        route = gw.routing.route(model, options.lora_id, job.id)
-        await gw.publisher.encode(message, route.queue)
-    except Exception as exc:
-        log.exception("publishing job %s failed", job.id)
+        refused = await gw.store.create(job, raw, route.queue, *limits)
+    except BaseException:  # a Redis error answers 503 (api.errors)
         gw.routing.completed(job.id)
-        error = QueueUnavailable("the job queue is unavailable; retry shortly")
-        await gw.store.fail(job.id, time.time(), error.code, error.message)
-        JOBS_FINISHED.labels(model, "failed", error.code).inc()
-        raise error from exc
+        raise
+    if refused is not None:
+        gw.routing.completed(job.id)
+        raise quota_error(refused, job, *limits)
     gw.routing.published(model, job.id)
     JOBS_SUBMITTED.labels(model).inc()
     return job
@@ -177,8 +169,8 @@ async def submit_and_wait(
     """For the synchronous routes: the finished job and its vectors, or the job's own error; on
     timeout, 504 with the job id, so the caller can poll instead of resubmitting."""
     job = await submit(gw, who, model, request)
-    done = await gw.waiter.wait(job.id, gw.settings.sync_timeout_s)
-    if done is None:
+    done, result = await gw.waiter.wait(job.id, gw.settings.sync_timeout_s, who.tenant)
+    if done is None or not done.status.terminal:
         raise JobTimeout(
             f"job {job.id} did not finish within {gw.settings.sync_timeout_s:g}s; "
             f"poll /v1/jobs/{job.id} for its result",
@@ -186,7 +178,6 @@ async def submit_and_wait(
         )
     if done.status != JobStatus.SUCCEEDED:
         raise error_for_code(done.error_code or "", done.error_message or f"job {done.status}")
-    result = await gw.store.get_result(job.id)
     if result is None:
         raise WorkerError(f"job {job.id} succeeded but its result has expired")
     return done, result

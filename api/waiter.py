@@ -45,20 +45,26 @@ class CompletionWaiter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def wait(self, job_id: str, timeout: float) -> StoredJob | None:
-        """The job once terminal; None if it is not terminal within `timeout` seconds."""
+    async def wait(
+        self, job_id: str, timeout: float, tenant: str | None
+    ) -> tuple[StoredJob | None, bytes | None]:
+        """The job and its result (`AsyncJobStore.get_with_result`) once terminal, or as last
+        read when `timeout` passes. A job that is gone, or not `tenant`'s, is answered at the
+        first read: a caller never waits on a job it may not see, so waiting tells it nothing.
+        The first read happens after this waiter is registered, so a job that finishes at once
+        is never missed."""
         event = asyncio.Event()
         self._waiters[job_id].add(event)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             while True:
-                job = await self._store.get(job_id)
-                if job is None or job.status.terminal:
-                    return job
+                job, result = await self._store.get_with_result(job_id)
+                if job is None or job.tenant != tenant or job.status.terminal:
+                    return job, result
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    return None
+                    return job, result
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, self._recheck_s))
                 event.clear()

@@ -27,6 +27,7 @@ import redis
 import redis.asyncio as aioredis
 
 from common import keys
+from common.celery_wire import envelope
 from common.schemas import JobStatus, StoredJob
 
 # A Lua function the transition and let-go scripts are registered with: frees what an unfinished
@@ -109,9 +110,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
-# KEYS: job hash, stored message, pending zset, queued-items hash, queued-jobs hash.
+# KEYS: job hash, stored message, pending zset, queued-items hash, queued-jobs hash, queue list.
 # ARGV: record fields (JSON), message, ttl, redelivery deadline, tenant ('' = no item quota),
-#       items, item limit, the tenant's queued-jobs field ('' = no share), its job limit.
+#       items, item limit, the tenant's queued-jobs field ('' = no share), its job limit,
+#       the queue entry (`common.queueing.envelope`).
 # Creates nothing and answers {0, count, 'items' | 'jobs'} if a quota would overflow.
 _CREATE_LUA = """
 if ARGV[8] ~= '' then
@@ -129,6 +131,7 @@ for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], fields.id)
+redis.call('LPUSH', KEYS[6], ARGV[10])
 return {1, 0}
 """
 
@@ -416,14 +419,16 @@ class AsyncJobStore:
         self,
         job: StoredJob,
         message: bytes,
+        queue: str,
         max_queued_items: int | None = None,
         max_model_jobs: int | None = None,
     ) -> tuple[str, int] | None:
-        """The record, a copy of its queue message and its redelivery deadline, in one step (if
-        the broker loses the message, the sweeper publishes the copy again). With limits, the
-        job's items are reserved against its tenant's item quota, and the job against the
-        tenant's share of its model's queue, in the same step; if either is full, nothing is
-        created and the answer names it (`items` or `jobs`) with the tenant's count there."""
+        """The record, a copy of its queue message, its redelivery deadline and the message on
+        `queue`, in one step (if the broker loses the message, the sweeper publishes the copy
+        again). With limits, the job's items are reserved against its tenant's item quota, and
+        the job against the tenant's share of its model's queue, in the same step; if either is
+        full, nothing is created and the answer names it (`items` or `jobs`) with the tenant's
+        count there."""
         tenant = job.tenant or ""
         items = bool(tenant) and max_queued_items is not None
         share = keys.tenant_model_field(tenant, job.model) if tenant and max_model_jobs else ""
@@ -434,7 +439,7 @@ class AsyncJobStore:
         reply = await self._create(
             keys=[
                 keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET,
-                keys.QUEUED_ITEMS, keys.QUEUED_JOBS,
+                keys.QUEUED_ITEMS, keys.QUEUED_JOBS, keys.queue_list(queue),
             ],
             args=[
                 json.dumps(encode_job(job)),
@@ -446,6 +451,7 @@ class AsyncJobStore:
                 max_queued_items or 0,
                 share,
                 max_model_jobs or 0,
+                envelope(message, job.id, queue),
             ],
         )  # fmt: skip
         return None if int(reply[0]) else (_text(reply[2]), int(reply[1]))
@@ -454,9 +460,16 @@ class AsyncJobStore:
         raw = await self._r.hgetall(keys.job(job_id))
         return decode_job(raw) if raw else None
 
-    async def get_result(self, job_id: str) -> bytes | None:
-        value = await self._r.get(keys.job_result(job_id))
-        return value.encode() if isinstance(value, str) else value
+    async def get_with_result(self, job_id: str) -> tuple[StoredJob | None, bytes | None]:
+        """The record and, once it succeeded, its vectors, in one round trip: a poll's answer."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.job(job_id))
+            pipe.get(keys.job_result(job_id))
+            raw, value = await pipe.execute()
+        job = decode_job(raw) if raw else None
+        if job is None or job.status != JobStatus.SUCCEEDED:
+            return job, None
+        return job, value.encode() if isinstance(value, str) else value
 
     async def fail(self, job_id: str, now: float, code: str, message: str) -> Transition:
         return await self._apply(fail_op(job_id, self.ttl_s, now, code, message))

@@ -1,16 +1,19 @@
-"""The Celery app both sides share: the gateway publishes on it, workers consume from it.
+"""The Celery app both sides share; putting an encode message back on its queue.
 
 Only what publisher and consumer must agree on lives here (broker, key prefix, serializer,
 visibility timeout); consumer-side reliability settings are in `worker.celery_app`.
+
+Encode jobs are not published through Celery: the gateway pushes the message onto its queue in
+the same Lua call that records the job (`common.jobs`, `common.celery_wire`).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+import redis
 from celery import Celery
 
 from common import keys
+from common.celery_wire import envelope
 from common.schemas import EncodeMessage
 from common.settings import Settings
 
@@ -51,12 +54,7 @@ def publish_webhook(app: Celery, job_id: str) -> None:
     )  # fmt: skip
 
 
-def publish(app: Celery, message: EncodeMessage, queue: str) -> None:
-    """Blocking; call from a thread in async code."""
-    options: dict[str, Any] = {
-        "queue": queue,
-        "task_id": message.job_id,
-        "retry": True,
-        "retry_policy": PUBLISH_RETRY,
-    }
-    app.send_task(keys.TASK_ENCODE, args=[message.model_dump(mode="json")], **options)
+def enqueue(client: redis.Redis, message: EncodeMessage, queue: str) -> None:
+    """Push a job's message onto `queue` again (the sweeper's republish of a lost message)."""
+    raw = message.model_dump_json().encode()
+    client.lpush(keys.queue_list(queue), envelope(raw, message.job_id, queue))

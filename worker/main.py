@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from common import keys
 from common.jobs import JobStore
-from common.queueing import publish, publish_webhook
+from common.queueing import enqueue, publish_webhook
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
 from common.workers import (
@@ -101,7 +101,7 @@ class WorkerProcess:
         )
         self.app = make_worker_app(settings, self.runner)
         rs = settings.routing
-        self.sweeper = Sweeper(store, partial(publish, self.app), rs.sweep_s, self.id)
+        self.sweeper = Sweeper(store, partial(enqueue, self.redis), rs.sweep_s, self.id)
         self._swept_at = 0.0
         self.queue_control = QueueControl()
         self.leases = ShardLeases(

@@ -75,11 +75,15 @@ def created(job: StoredJob, status_code: int) -> Response:
     )
 
 
+def not_found(job_id: str) -> JobNotFound:
+    """Another tenant's job is as unknown as a job that never existed."""
+    return JobNotFound(f"job {job_id[:100]!r} not found")
+
+
 async def owned_job(gw: Gateway, who: Caller, job_id: str) -> StoredJob:
-    """The caller's job; another tenant's job is as unknown as a job that never existed."""
     job = await gw.store.get(job_id) if _JOB_ID_RE.fullmatch(job_id) else None
     if job is None or job.tenant != who.tenant:
-        raise JobNotFound(f"job {job_id[:100]!r} not found")
+        raise not_found(job_id)
     return job
 
 
@@ -124,10 +128,14 @@ async def get_job(
     who: CallerDep,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description=_WAIT_DOC)] = 0,
 ) -> Response:
-    job = await owned_job(gw, who, job_id)
-    if wait and not job.status.terminal:
-        job = await gw.waiter.wait(job_id, wait) or await gw.store.get(job_id) or job
-    result = await gw.store.get_result(job_id) if job.status == "succeeded" else None
+    if not _JOB_ID_RE.fullmatch(job_id):
+        raise not_found(job_id)
+    if wait:
+        job, result = await gw.waiter.wait(job_id, wait, who.tenant)
+    else:
+        job, result = await gw.store.get_with_result(job_id)
+    if job is None or job.tenant != who.tenant:
+        raise not_found(job_id)
     view = job_view(job, result, job_url(job.id), internal=who.admin)
     return Response(job_json(view), media_type="application/json")
 

@@ -16,7 +16,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from common import keys
-from common.queueing import make_celery, publish
+from common.queueing import enqueue
 from common.schemas import EncodeMessage
 from common.settings import Settings
 from loraq.client import verify_webhook
@@ -187,8 +187,7 @@ def test_recomputed_job_sends_one_delivery(
     r = redis.Redis.from_url(hooks_stack.env["LORAQ_REDIS_URL"])
     raw = r.get(keys.job_message(job_id))
     if raw is not None:  # not finished yet: publish the copy again
-        app = make_celery(Settings(redis_url=hooks_stack.env["LORAQ_REDIS_URL"]))
-        publish(app, EncodeMessage.model_validate_json(raw), keys.model_queue(MODEL))
+        enqueue(r, EncodeMessage.model_validate_json(raw), keys.model_queue(MODEL))
     wait_until(lambda: settled(client, job_id), 30, "delivery")
     queue = keys.queue_list(keys.model_queue(MODEL))
     wait_until(

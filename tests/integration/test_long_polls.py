@@ -33,7 +33,7 @@ def test_hundreds_of_long_polls_are_all_answered(redis_url: str, tmp_path: Path)
                 id=job_id, status=JobStatus.QUEUED, model=MODEL, n_items=1,
                 created_at=time.time(), tenant="acme",
             )  # fmt: skip
-            await store.create(job, b"{}")
+            await store.create(job, b"{}", "q")
         try:
             async with gateway(s) as (client, _):
                 polls = [

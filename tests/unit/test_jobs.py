@@ -307,11 +307,11 @@ def test_async_store_create_get_fail(server: fakeredis.FakeServer) -> None:
         aclient = fakeredis.FakeAsyncRedis(server=server)
         astore = AsyncJobStore(aclient, TTL)
         job = _job("job_async", lora_id="org/name", item_ids=["a", None, "c"], n_items=3)
-        await astore.create(job, b"{}")
+        await astore.create(job, b"{}", "q")
         assert await astore.get("job_async") == job
         assert 0 < await aclient.ttl(keys.job("job_async")) <= TTL
         assert await astore.get("nope") is None
-        assert await astore.get_result("job_async") is None
+        assert await astore.get_with_result("job_async") == (job, None)
 
         failed = await astore.fail("job_async", 9.0, "QUEUE_UNAVAILABLE", "no broker")
         assert failed == Transition(applied=True, previous=JobStatus.QUEUED, attempts=0)
@@ -336,10 +336,10 @@ def test_async_create_then_worker_succeeds(server: fakeredis.FakeServer, store: 
     async def create_and_read() -> tuple[StoredJob | None, bytes | None]:
         aclient = fakeredis.FakeAsyncRedis(server=server)
         astore = AsyncJobStore(aclient, TTL)
-        await astore.create(_job("job_x"), b"{}")
+        await astore.create(_job("job_x"), b"{}", "q")
         store.start("job_x", 1.0)
         store.succeed("job_x", 2.0, b"\x00vectors\xff", {"dims": 2})
-        out = await astore.get("job_x"), await astore.get_result("job_x")
+        out = await astore.get_with_result("job_x")
         await aclient.aclose()
         return out
 
@@ -390,7 +390,7 @@ def test_pending_deadlines_follow_the_job(server: fakeredis.FakeServer, store: J
 
     async def create() -> None:
         aclient = fakeredis.FakeAsyncRedis(server=server)
-        await AsyncJobStore(aclient, TTL, redeliver_after_s=30).create(_job("job_p"), b"msg")
+        await AsyncJobStore(aclient, TTL, redeliver_after_s=30).create(_job("job_p"), b"msg", "q")
         await aclient.aclose()
 
     asyncio.run(create())

@@ -71,7 +71,7 @@ def record(server: fakeredis.FakeServer, job_id: str, texts: int = 3) -> EncodeM
     async def create() -> None:
         client = fakeredis.FakeAsyncRedis(server=server)
         await AsyncJobStore(client, 60).create(
-            job, message.model_dump_json().encode(), max_queued_items=10_000
+            job, message.model_dump_json().encode(), "q", max_queued_items=10_000
         )
         await client.aclose()
 

@@ -33,7 +33,7 @@ def submit(
             tenant=tenant,
         )  # fmt: skip
         await AsyncJobStore(client, 60, redeliver_after_s=10).create(
-            job, message(job_id).model_dump_json().encode(), max_queued_items=100
+            job, message(job_id).model_dump_json().encode(), "q", max_queued_items=100
         )
         await client.aclose()
 
