@@ -1,12 +1,13 @@
 """The costly checks of a submit, run only once the caller is admitted, and each bounded.
 
-Resolving a webhook's host and tokenizing `truncate: false` texts give early answers; they are
-not the safeguards: the delivery resolves and checks the address again (and connects only to the
-address it checked), and the worker refuses an over-long text with the same `INPUT_TOO_LONG`. So
-each runs on a few threads of its own, never on the thread pool every route's blocking work
-shares, DNS with a deadline; when those threads are all busy, or the texts are too many to
-tokenize cheaply, the check is left to the delivery or the worker instead of waiting. A slow DNS
-server or one tenant's huge texts cannot delay anybody else's requests.
+Resolving a webhook's host and tokenizing the texts give early answers (and token ids that
+spare the GPU worker the tokenizing); they are not the safeguards: the delivery resolves and
+checks the address again (and connects only to the address it checked), and the worker
+tokenizes whatever arrives without ids, refusing an over-long text with the same
+`INPUT_TOO_LONG`. So each runs on a few threads of its own, never on the thread pool every
+route's blocking work shares, DNS with a deadline; when those threads are all busy, or the texts
+are too many to tokenize cheaply, the work is left to the delivery or the worker instead of
+waiting. A slow DNS server or one tenant's huge texts cannot delay anybody else's requests.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from tokenizers import Tokenizer
-
-from common.model_files import check_not_truncated, load_tokenizer, max_length
+from common import token_ids
+from common.model_files import ModelTokenizer, check_not_truncated, load_tokenizer
+from common.schemas import TokenIds
 from common.settings import Settings, resolve_model_path
 from common.ssrf import (
     IPAddress,
@@ -41,12 +42,18 @@ T = TypeVar("T")
 DNS_THREADS = 4
 DNS_TIMEOUT_S = 2.0
 TOKENIZE_THREADS = 2
+#: Submits that may wait for a tokenizing thread, and how long: a burst of long texts is still
+#: tokenized here, where gateways scale out, rather than on the GPU worker.
+TOKENIZE_WAITING = 64
+TOKENIZE_TIMEOUT_S = 5.0
 #: Characters of one submit the gateway tokenizes at most; a larger job is left to the worker.
 TOKENIZE_MAX_CHARS = 1_000_000
+#: Up to this many characters (well under a millisecond) are tokenized on the event loop.
+TOKENIZE_INLINE_CHARS = 2048
 
 Resolver = Callable[[Target, list[Network]], IPAddress]
-#: A model's tokenizer and token limit, or None when the gateway has no files for the model.
-TokenizerFor = Callable[[str], tuple[Tokenizer, int] | None]
+#: A model's tokenizer, or None when the gateway has no files for the model.
+TokenizerFor = Callable[[str], ModelTokenizer | None]
 
 
 class Busy(Exception):
@@ -54,21 +61,25 @@ class Busy(Exception):
 
 
 class Lane:
-    """A few threads for one kind of blocking call; a call finding them all busy is not run."""
+    """A few threads for one kind of blocking call, and room for `waiting` calls queued for
+    them; a call finding all of that taken is not run, and one still queued at its deadline is
+    dropped."""
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, waiting: int = 0) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
-        self._free = threading.BoundedSemaphore(threads)
+        self._free = threading.BoundedSemaphore(threads + waiting)
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         if not self._free.acquire(blocking=False):
             raise Busy
         future = self._pool.submit(fn, *args)
-        # The thread stays taken until the call returns, even past the caller's deadline.
+        # The place stays taken until the call returns (or is dropped unstarted), even past
+        # the caller's deadline.
         future.add_done_callback(lambda _: self._free.release())
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError as exc:
+            future.cancel()
             raise Busy from exc
 
     def close(self) -> None:
@@ -86,10 +97,10 @@ class SubmitChecks:
         self._allowed = parse_networks(settings.webhooks.allow_networks)
         self._resolve = resolver
         self._tokenizer_for = tokenizer or self._load_tokenizer
-        self._tokenizers: dict[str, tuple[Tokenizer, int] | None] = {}
+        self._tokenizers: dict[str, ModelTokenizer | None] = {}
         self._lock = threading.Lock()
         self._dns = Lane(DNS_THREADS, "loraq-dns")
-        self._tokenize = Lane(TOKENIZE_THREADS, "loraq-tokenize")
+        self._tokenize = Lane(TOKENIZE_THREADS, "loraq-tokenize", TOKENIZE_WAITING)
 
     async def webhook_host(self, target: Target) -> None:
         """Refuse a host that is, or resolves to, a forbidden address. One that does not resolve
@@ -101,28 +112,40 @@ class SubmitChecks:
         with contextlib.suppress(Busy, Unresolvable):
             await self._dns.run(self._resolve, target, self._allowed, timeout=DNS_TIMEOUT_S)
 
-    async def not_truncated(self, model: str, texts: list[str]) -> None:
-        """`INPUT_TOO_LONG` now for a text over the model's token limit, when that is cheap to
-        know; otherwise the worker answers it."""
-        if sum(map(len, texts)) > TOKENIZE_MAX_CHARS:
-            return
+    async def tokenize(self, model: str, texts: list[str], truncate: bool) -> TokenIds | None:
+        """The texts' token ids for the worker (`common.token_ids`), and, for `truncate: false`,
+        `INPUT_TOO_LONG` now for a text over the model's limit. A few characters are tokenized
+        on the event loop (less than a thread handoff costs), more on the lane's threads; None
+        (the worker tokenizes) when that is not cheap: too many characters, the lane busy, or
+        no tokenizer here."""
+        chars = sum(map(len, texts))
+        if chars > TOKENIZE_MAX_CHARS:
+            return None
+        if chars <= TOKENIZE_INLINE_CHARS:
+            return self._tokenize_now(model, texts, truncate)
         with contextlib.suppress(Busy):
-            await self._tokenize.run(self._check_lengths, model, texts)
+            return await self._tokenize.run(
+                self._tokenize_now, model, texts, truncate, timeout=TOKENIZE_TIMEOUT_S
+            )
+        return None
 
-    def _check_lengths(self, model: str, texts: list[str]) -> None:
+    def _tokenize_now(self, model: str, texts: list[str], truncate: bool) -> TokenIds | None:
         loaded = self._tokenizer_for(model)
-        if loaded is not None:
-            tokenizer, limit = loaded
-            check_not_truncated(tokenizer.encode_batch(texts), limit)
+        if loaded is None:
+            return None
+        encodings = loaded.tokenizer.encode_batch(texts)
+        if not truncate:
+            check_not_truncated(encodings, loaded.limit)
+        return token_ids.pack(loaded.id, [enc.ids for enc in encodings])
 
-    def _load_tokenizer(self, model: str) -> tuple[Tokenizer, int] | None:
+    def _load_tokenizer(self, model: str) -> ModelTokenizer | None:
         """Loaded on first use. A gateway without the model's files (a slim gateway image)
-        leaves the length check to the worker."""
+        leaves tokenizing and the length check to the worker."""
         with self._lock:
             if model not in self._tokenizers:
                 try:
                     path = resolve_model_path(self._settings.models[model])
-                    self._tokenizers[model] = (load_tokenizer(path), max_length(path))
+                    self._tokenizers[model] = load_tokenizer(path)
                 except Exception as exc:
                     log.warning("no tokenizer for %s at the gateway (%s)", model, exc)
                     self._tokenizers[model] = None

@@ -26,6 +26,7 @@ from common.schemas import (
     EncodeRequest,
     JobStatus,
     StoredJob,
+    TokenIds,
     WebhookSpec,
     validate_lora_id,
 )
@@ -74,19 +75,20 @@ async def admit(gw: Gateway, who: Caller, model: str) -> None:
 
 async def check_costly(
     gw: Gateway, model: str, request: EncodeRequest, webhook: Target | None
-) -> None:
+) -> TokenIds | None:
     """Only for admitted requests: the adapter's existence (after the key's allowlist, so a
-    refusal never tells which adapters exist), token lengths, the webhook host's addresses."""
+    refusal never tells which adapters exist), the webhook host's addresses, then the texts'
+    token ids (with their lengths checked unless truncating)."""
     adapters = gw.settings.adapters
     options = request.params.options
     lora_id = options.lora_id
     checkable = adapters.check_at_submit and not adapters.remote
     if lora_id is not None and checkable and not exists_locally(adapters.dir, lora_id):
         raise AdapterNotFound(f"adapter {lora_id!r} not found")
-    if not options.truncate:
-        await gw.checks.not_truncated(model, [item.text for item in request.items])
     if webhook is not None:
         await gw.checks.webhook_host(webhook)
+    texts = [item.text for item in request.items]
+    return await gw.checks.tokenize(model, texts, options.truncate)
 
 
 def quota_error(
@@ -122,7 +124,7 @@ async def submit(
     who.may_use(options.lora_id)
     target = webhook_target(gw, who, webhook) if webhook is not None else None
     await admit(gw, who, model)
-    await check_costly(gw, model, request, target)
+    tokens = await check_costly(gw, model, request, target)
     now = time.time()
     ids = [item.id for item in request.items]
     job = StoredJob(
@@ -145,6 +147,7 @@ async def submit(
         normalize=options.normalize,
         truncate=options.truncate,
         enqueued_at=now,
+        token_ids=tokens,
     )
     share = gw.settings.limits.tenant_max_jobs()
     limits = (who.key.max_queued_items, share) if who.key else (None, None)

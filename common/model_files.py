@@ -1,9 +1,11 @@
 """Reading a local HF model directory's tokenizer and length limit, shared by the gateway (to
-refuse over-long texts at submit when `truncate` is false) and the worker (to encode)."""
+tokenize at submit, and refuse over-long texts when `truncate` is false) and the worker."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
@@ -25,12 +27,25 @@ def max_length(model_dir: Path) -> int:
     return positions
 
 
-def load_tokenizer(model_dir: Path) -> Tokenizer:
-    """Truncating at the model's limit; an over-long text shows up as `overflowing`."""
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+@dataclass(frozen=True)
+class ModelTokenizer:
+    """A model's tokenizer, truncating at the model's limit (an over-long text shows up as
+    `overflowing`). `id` is a digest of the tokenizer file and the limit: equal ids make equal
+    token ids, so a worker can take the gateway's (`common.token_ids`)."""
+
+    tokenizer: Tokenizer
+    limit: int
+    id: str
+
+
+def load_tokenizer(model_dir: Path) -> ModelTokenizer:
+    raw = (model_dir / "tokenizer.json").read_bytes()
+    limit = max_length(model_dir)
+    tokenizer = Tokenizer.from_str(raw.decode())
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length(model_dir))
-    return tokenizer
+    tokenizer.enable_truncation(limit)
+    digest = hashlib.sha256(raw + f"\0{limit}".encode()).hexdigest()[:16]
+    return ModelTokenizer(tokenizer, limit, digest)
 
 
 def check_not_truncated(encodings: list[Encoding], limit: int) -> None:

@@ -127,6 +127,16 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
+class TokenIds(BaseModel):
+    """An encode message's texts as token ids (`common.token_ids`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer: str
+    lengths: list[int]
+    ids: str
+
+
 class EncodeMessage(BaseModel):
     """What a worker receives per job. Texts travel in the message, not the job record, so a
     job costs one write at submit; `v` lets old and new workers tell formats apart."""
@@ -141,6 +151,9 @@ class EncodeMessage(BaseModel):
     normalize: bool | None
     truncate: bool
     enqueued_at: float
+    #: Set when the gateway tokenized the texts; workers older than this field refuse it, so
+    #: upgrade workers before gateways.
+    token_ids: TokenIds | None = None
 
 
 class StoredJob(BaseModel):

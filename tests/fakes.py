@@ -26,6 +26,7 @@ def fake_vector(tokens: list[int], slot: int | None) -> np.ndarray:
 class FakeEngine:
     model_id = "test/fake"
     default_normalize = False
+    tokenizer_id = "fake-bytes"
     dims = DIMS
     max_length = 32
 

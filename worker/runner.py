@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import redis
 
-from common import keys, metrics
+from common import keys, metrics, token_ids
 from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
 from common.jobs import JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus
@@ -48,6 +48,7 @@ DEAD_LETTER_KEEP = 10_000
 class Tokenizer(Protocol):
     model_id: str
     default_normalize: bool
+    tokenizer_id: str
 
     def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]: ...
 
@@ -221,12 +222,23 @@ class JobRunner:
         with_redis_retries(write)
         self._fail(message, error)
 
+    def _tokens(self, message: EncodeMessage) -> list[list[int]]:
+        """The gateway's token ids when this worker's tokenizer would have made the same ones
+        (they were checked for length there), else the texts tokenized here."""
+        ids = message.token_ids
+        if ids is not None and ids.tokenizer == self._engine.tokenizer_id:
+            try:
+                return token_ids.unpack(ids, len(message.texts))
+            except ValueError as exc:
+                log.warning("job %s: unusable token ids (%s); tokenizing", message.job_id, exc)
+        return self._engine.tokenize(message.texts, message.truncate)
+
     def _compute(self, message: EncodeMessage) -> tuple[JobOutput, Lease | None]:
         if message.model != self._engine.model_id:
             raise ModelNotFound(
                 f"this worker serves {self._engine.model_id!r}, not {message.model!r}"
             )
-        tokens = self._engine.tokenize(message.texts, message.truncate)
+        tokens = self._tokens(message)
         normalize = (
             self._engine.default_normalize if message.normalize is None else message.normalize
         )

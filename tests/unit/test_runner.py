@@ -13,7 +13,7 @@ import fakeredis
 import numpy as np
 import pytest
 
-from common import keys
+from common import keys, token_ids
 from common.jobs import AsyncJobStore, JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 from common.settings import BatchSettings
@@ -159,3 +159,30 @@ def test_a_job_cancelled_while_it_computes_stops_and_then_frees_its_quota() -> N
     assert store.client.exists(keys.job_hold("j1")) == 0
     assert store.client.zscore(keys.PENDING_ZSET, "j1") is None
     assert runner.holding() == []
+
+
+def test_the_gateways_token_ids_are_used_only_under_this_workers_tokenizer() -> None:
+    """Ids made by the same tokenizer are encoded as they are; ids from another tokenizer (a
+    gateway with other model files), or ids that do not fit the items, are dropped and the
+    texts tokenized here."""
+    server = fakeredis.FakeServer()
+    store = JobStore(fakeredis.FakeRedis(server=server), 60)
+    engine = FakeEngine()
+    given = [[7, 8, 9], [10]]
+    seen: list[list[list[int]]] = []
+
+    def capture(rows: Sequence[Row], job_id: str) -> Future[JobOutput]:
+        seen.append([row.tokens for row in rows])
+        return encoded(rows, job_id)
+
+    runner = JobRunner(store, engine, FakeAdapters([]), capture)
+    variants = {
+        "j1": token_ids.pack(engine.tokenizer_id, given),
+        "j2": token_ids.pack("another-tokenizer", given),
+        "j3": token_ids.pack(engine.tokenizer_id, [[7, 8, 9]]),
+    }
+    for job_id, ids in variants.items():
+        message = record(server, job_id, texts=2).model_copy(update={"token_ids": ids})
+        runner.handle(message.model_dump())
+    own = engine.tokenize(["t", "t"], True)
+    assert seen == [given, own, own]

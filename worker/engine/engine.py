@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.model_files import check_not_truncated, load_tokenizer, max_length
+from common.model_files import check_not_truncated, load_tokenizer
 from worker.adapter_files import BaseModelInfo, ModuleShape
 from worker.batcher import Row
 from worker.engine.encoder import PackedEncoder
@@ -49,9 +49,13 @@ class Engine:
         sentence = read_sentence_config(model_dir)
         self.pooling = sentence.pooling
         self.default_normalize = sentence.normalize
-        self.max_length = max_length(model_dir)
         self.dims = self.encoder.hidden_size
-        self.tokenizer = load_tokenizer(model_dir)
+        loaded = load_tokenizer(model_dir)
+        self.tokenizer, self.max_length, self.tokenizer_id = (
+            loaded.tokenizer,
+            loaded.limit,
+            loaded.id,
+        )
         self.pool = LoraPool(self.encoder.lora_groups(), n_slots, max_rank, self.device, self.dtype)
         self._copy_stream = (
             torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
