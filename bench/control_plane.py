@@ -15,10 +15,11 @@ measured in the same run:
    until terminal: one long poll almost always), `encode` (POST /v1/encode/{model}, SIE's msgpack
    wire) and `embeddings` (POST /v1/embeddings). After a warm-up, CPU ms per job of the gateway,
    the worker, redis-server and the load generator (this process), from `/proc/<pid>/stat`
-   before and after (`control_plane_procs`); jobs/s; latency. Beside each: the CPU the worker's
-   tokenizer spends on those jobs' texts, measured here in-process (the worker target allows
-   tokenization on top), and the tiny model's forward per item (information: it is what the
-   tiny model still costs).
+   before and after (`control_plane_procs`); jobs/s; latency. Beside each: the CPU tokenizing
+   those jobs' texts costs, measured here in-process (the gateway tokenizes now, so its figure
+   holds it; the worker target allows it on top), the worker's CPU in forwards (from its
+   heartbeat: what the tiny model still costs, not the job system), and Redis calls per job by
+   command.
 3. Drain with a simulated H200. The same gateway; no worker. N jobs of ~128-token texts
    (120-136 tokens) over base + adapters are submitted and wait in the queues; then one worker
    starts (`bench/sim_worker.py`: the real worker process, whose engine the launcher replaces by
@@ -38,8 +39,9 @@ measured in the same run:
 
 The targets of issue 15 are printed beside the figures, with met / not met; the `bench/e2e.py`
 ratio is read from `bench/results/e2e.json` (that bench needs the real MiniLM). `--profile DIR`
-runs py-spy on the floor workers and, during the async 1-item run, on the gateway and the worker
-(`control_plane_profile`); py-spy shares the cores, so profile in a run of its own.
+runs py-spy on the floor workers, during the async 1-item run on the gateway and the worker, and
+during each drain on the worker from its first completion on (`control_plane_profile`); py-spy
+shares the cores, so profile in a run of its own.
 A short table, then one JSON line (also written to `--out` unless `--no-write`; `--quick`, a smoke
 run, writes nothing unless `--out` is given). Settings of the stack can be changed with
 `--env LORAQ_X=Y`, so later work compares like with like.
@@ -150,7 +152,7 @@ def run(b: Bench) -> dict[str, Any]:
     if "floor" not in args.skip:
         result["floor"] = _phase("floor", partial(measure_floor, b))
     b.stack.start_gateway()
-    tokenizer = load_tokenizer(b.models.model_dir)
+    tokenizer = load_tokenizer(b.models.model_dir).tokenizer
     if "control" not in args.skip:
         costs = InProcessCosts(b.models.model_dir)
         texts = make_texts(4096)

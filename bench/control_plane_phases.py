@@ -32,7 +32,7 @@ from bench.h200_model import BGE_M3_DIMS
 from bench.sim_worker import LOG_ENV
 from common.jobs import JobStore
 from common.settings import DEFAULT_MODEL_ID, Settings
-from common.workers import live_worker_ids
+from common.workers import live_worker_ids, live_worker_infos
 from loraq.stack import Process, Stack, wait_until
 
 
@@ -137,6 +137,40 @@ class InProcessCosts:
         return round((time.process_time() - started) * 1000 / len(rows), 4)
 
 
+def forward_cpu_s(redis_url: str, after: float) -> float:
+    """The worker's CPU seconds in forwards so far (the batch thread's, from its heartbeat), as
+    of a heartbeat written after `after`: with no load running, that is exact."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        fresh: list[float] = []
+
+        def heartbeat() -> bool:
+            infos = live_worker_infos(client)
+            fresh[:] = [w.forward_cpu_s for w in infos if w.seen_at > after]
+            return bool(fresh)
+
+        wait_until(heartbeat, 30, "a worker heartbeat")
+        return sum(fresh)
+    finally:
+        client.close()
+
+
+def commands_per_job(
+    before: Mapping[str, Any], after: Mapping[str, Any], jobs: int
+) -> dict[str, list[float]]:
+    """Per Redis command, [calls, microseconds executing] per job, costliest first. The time is
+    Redis's own for the command; what it spends reading and answering each call is not in it,
+    which is why Redis's CPU per job is several times their sum: fewer calls is what pays."""
+    rows: dict[str, list[float]] = {}
+    for name, stat in after.items():
+        old = before.get(name, {"calls": 0, "usec": 0})
+        calls = stat["calls"] - old["calls"]
+        if calls > 0:
+            usec = stat["usec"] - old["usec"]
+            rows[name.removeprefix("cmdstat_")] = [round(calls / jobs, 3), round(usec / jobs, 1)]
+    return dict(sorted(rows.items(), key=lambda item: -item[1][1]))
+
+
 def measure_config(
     b: Bench, worker: Process, mode: str, size: int, costs: InProcessCosts, texts: list[str]
 ) -> dict[str, Any]:
@@ -144,13 +178,19 @@ def measure_config(
     payloads = make_payloads(texts, size, warm + jobs, b.models.lora_ids)
     calls = build_calls(mode, payloads, DEFAULT_MODEL_ID)
     run_load(b.stack.url, mode, calls[:warm], b.args.concurrency)
+    forward_before = forward_cpu_s(b.redis_url, time.time())
     pids = b.pids(worker)
     profilers = None
     if mode == "async" and size == 1:
         profilers = _profilers(b, {"gateway": pids["gateway"], "worker": pids["worker-0"]})
+    client = redis.Redis.from_url(b.redis_url)
+    commands_before = client.info("commandstats")
     before = cpu_snapshot(pids)
     load = run_load(b.stack.url, mode, calls[warm:], b.args.concurrency)
     after = cpu_snapshot(pids)
+    commands = commands_per_job(commands_before, client.info("commandstats"), jobs)
+    client.close()
+    forward_ms = (forward_cpu_s(b.redis_url, time.time()) - forward_before) * 1000 / jobs
     row: dict[str, Any] = {
         "mode": mode,
         "items_per_job": size,
@@ -165,6 +205,8 @@ def measure_config(
             "p99": _percentile(load.latencies_ms, 99),
         },
         "tokenize_ms_per_job": costs.tokenize_ms_per_job(payloads[warm:]),
+        "worker_forward_cpu_ms_per_job": round(forward_ms, 3),
+        "redis_commands_per_job": commands,
     }
     if profilers is not None:
         row["profile"] = {"dir": str(b.args.profile), **profilers.stop()}
@@ -218,10 +260,13 @@ def measure_drain(b: Bench, size: int, tokenizer: Any) -> dict[str, Any]:
     worker = start_bench_worker(b.stack, "sim_worker.py", {LOG_ENV: str(log)})
     pids = b.pids(worker, gateway=False)
     first: dict[str, Any] = {}
+    profilers: list[Profilers] = []
 
     def on_done(done: int) -> None:
         if not first:
             first.update(done=done, cpu=cpu_snapshot(pids))
+            profiler = _profilers(b, {f"drain-{size}-worker": worker.popen.pid})
+            profilers.extend([profiler] if profiler is not None else [])
 
     def check() -> None:
         if not worker.alive:
@@ -230,6 +275,7 @@ def measure_drain(b: Bench, size: int, tokenizer: Any) -> dict[str, Any]:
     try:
         counter.wait_all(on_done, check)
         after = cpu_snapshot(pids)
+        profile = {"dir": str(b.args.profile), **profilers[0].stop()} if profilers else None
     finally:
         counter.close()
         stop_worker(b.stack, worker)
@@ -254,4 +300,5 @@ def measure_drain(b: Bench, size: int, tokenizer: Any) -> dict[str, Any]:
         "padded_tokens_per_batch": round(float(fw[:, 4].mean()), 1),
         "lora_batches": int(fw[:, 5].sum()),
         "cpu_ms_per_job": cpu_ms_per_job(first["cpu"], after, max(1, jobs - first["done"])),
+        **({"profile": profile} if profile is not None else {}),
     }

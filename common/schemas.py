@@ -224,3 +224,4 @@ class WorkerInfo(BaseModel):
     adapter_evictions: int = 0
     batches: int = 0
     rows: int = 0
+    forward_cpu_s: float = 0.0

@@ -40,6 +40,7 @@ from worker.batcher import Batcher
 from worker.celery_app import make_worker_app
 from worker.leases import ShardLeases
 from worker.queue_control import QueueControl
+from worker.redis_client import connect
 from worker.runner import JobRunner
 from worker.sweeper import Sweeper
 
@@ -69,7 +70,7 @@ class WorkerProcess:
             n_slots=settings.adapters.gpu_slots,
             max_rank=settings.adapters.max_rank,
         )
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = connect(settings.redis_url)
         ad = settings.adapters
         rules = AdapterRules(ad.max_rank, ad.max_file_bytes, ad.base_mismatch)
         self.cache = AdapterCache(
@@ -161,6 +162,7 @@ class WorkerProcess:
             adapter_evictions=cache.evictions,
             batches=batches.batches,
             rows=batches.rows,
+            forward_cpu_s=batches.forward_cpu_seconds,
         )
 
     def _tick(self) -> None:
