@@ -30,22 +30,24 @@ from common import keys
 from common.celery_wire import envelope
 from common.schemas import JobStatus, StoredJob
 
+# Every script reads what it needs of the job hash in one HMGET and writes it in one HSET:
+# inside Redis, each call a script makes costs about as much as a small command (3-5 us), and
+# these scripts run for every job (bench/control_plane.py, Redis calls per job).
+
 # A Lua function the transition and let-go scripts are registered with: frees what an unfinished
 # job counts against its tenant's quotas (its items, its place in its model's queue share), once.
+# `slot`, `counted`, `tenant`: the job's quota_job, quota_items and tenant fields (false: unset).
 _RELEASE_LUA = """
-local function release(job, queued_items, queued_jobs)
-  local slot = redis.call('HGET', job, 'quota_job')
+local function release(job, queued_items, queued_jobs, slot, counted, tenant)
   if slot then
     if redis.call('HINCRBY', queued_jobs, slot, -1) <= 0 then
       redis.call('HDEL', queued_jobs, slot)
     end
-    redis.call('HDEL', job, 'quota_job')
   end
-  local counted = redis.call('HGET', job, 'quota_items')
   if counted then
-    redis.call('HINCRBY', queued_items, redis.call('HGET', job, 'tenant'), -tonumber(counted))
-    redis.call('HDEL', job, 'quota_items')
+    redis.call('HINCRBY', queued_items, tenant, -tonumber(counted))
   end
+  if slot or counted then redis.call('HDEL', job, 'quota_job', 'quota_items') end
 end
 """
 
@@ -57,31 +59,45 @@ end
 # and quota counts in place: the holder frees them when it stops computing (`_LET_GO_LUA`).
 _TRANSITION_LUA = """
 local spec = cjson.decode(ARGV[1])
-local cur = redis.call('HGET', KEYS[1], 'status')
+local job = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'quota_job', 'quota_items',
+                       'tenant', 'webhook_events')
+local cur = job[1]
 if not cur then return {0, false, 0, 0} end
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local attempts = tonumber(job[2] or '0')
 if not spec.allowed[cur] then return {0, cur, attempts, 0} end
-if spec.hold and redis.call('EXISTS', KEYS[8]) == 1 then return {0, cur, attempts, 0} end
-redis.call('HSET', KEYS[1], 'status', spec.to)
-if spec.count_attempt then attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-for name, value in pairs(spec.fields) do redis.call('HSET', KEYS[1], name, value) end
+local held = (spec.hold or spec.after_holder) and redis.call('EXISTS', KEYS[8]) == 1
+if spec.hold and held then return {0, cur, attempts, 0} end
+local fields = {'status', spec.to}
+if spec.count_attempt then
+  attempts = attempts + 1
+  fields[#fields + 1] = 'attempts'
+  fields[#fields + 1] = attempts
+end
+local webhook = 0
+local events = job[6]
+if spec.terminal and events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true) then
+  webhook = 1
+  for _, v in ipairs({'webhook_status', 'pending', 'webhook_attempts', 0}) do
+    fields[#fields + 1] = v
+  end
+end
+for name, value in pairs(spec.fields) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 if spec.hold then redis.call('SET', KEYS[8], spec.hold.worker, 'PX', spec.hold.ttl_ms) end
 redis.call('EXPIRE', KEYS[1], spec.ttl)
 if spec.has_result then redis.call('SET', KEYS[2], ARGV[2], 'EX', spec.ttl) end
-local webhook = 0
 if spec.terminal then
-  redis.call('DEL', KEYS[3])
-  if not (spec.after_holder and redis.call('EXISTS', KEYS[8]) == 1) then
-    redis.call('DEL', KEYS[8])
+  if spec.after_holder and held then
+    redis.call('DEL', KEYS[3])
+  else
+    redis.call('DEL', KEYS[3], KEYS[8])
     redis.call('ZREM', KEYS[4], spec.job)
-    release(KEYS[1], KEYS[6], KEYS[7])
+    release(KEYS[1], KEYS[6], KEYS[7], job[3], job[4], job[5])
   end
-  local events = redis.call('HGET', KEYS[1], 'webhook_events')
-  if events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true) then
-    redis.call('HSET', KEYS[1], 'webhook_status', 'pending', 'webhook_attempts', 0)
-    redis.call('ZADD', KEYS[5], spec.now, spec.job)
-    webhook = 1
-  end
+  if webhook == 1 then redis.call('ZADD', KEYS[5], spec.now, spec.job) end
   redis.call('PUBLISH', spec.channel, spec.job)
 elseif spec.redeliver_at then
   redis.call('ZADD', KEYS[4], spec.redeliver_at, spec.job)
@@ -95,12 +111,13 @@ return {1, cur, attempts, webhook}
 # no one holds any more leaves the redelivery index and frees its quota counts. Answers 1 then.
 _LET_GO_LUA = """
 if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-local status = redis.call('HGET', KEYS[1], 'status')
+local job = redis.call('HMGET', KEYS[1], 'status', 'quota_job', 'quota_items', 'tenant')
+local status = job[1]
 if status == 'queued' or status == 'running' or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 redis.call('ZREM', KEYS[3], ARGV[1])
-release(KEYS[1], KEYS[4], KEYS[5])
+release(KEYS[1], KEYS[4], KEYS[5], job[2], job[3], job[4])
 return 1
 """
 
@@ -127,7 +144,12 @@ if ARGV[5] ~= '' then
 end
 if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[8], 1) end
 local fields = cjson.decode(ARGV[1])
-for name, value in pairs(fields) do redis.call('HSET', KEYS[1], name, value) end
+local pairs_ = {}
+for name, value in pairs(fields) do
+  pairs_[#pairs_ + 1] = name
+  pairs_[#pairs_ + 1] = value
+end
+redis.call('HSET', KEYS[1], unpack(pairs_))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], fields.id)
