@@ -75,7 +75,8 @@ if spec.count_attempt then
 end
 local webhook = 0
 local events = job[6]
-if spec.terminal and events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true) then
+local wanted = events and string.find(' ' .. events .. ' ', ' ' .. spec.to .. ' ', 1, true)
+if spec.terminal and wanted then
   webhook = 1
   for _, v in ipairs({'webhook_status', 'pending', 'webhook_attempts', 0}) do
     fields[#fields + 1] = v
