@@ -10,7 +10,7 @@
 | loraq:sweep-lock                   | string  | one sweep interval  | worker.sweeper        |
 | loraq:webhooks:outbox              | zset    | until delivered     | common.jobs, outbox   |
 | loraq:webhooks:in-flight:{host}    | zset    | one attempt's lease | common.outbox (Lua)   |
-| loraq:quota:queued-items           | hash    | -                   | api.auth / jobs (Lua) |
+| loraq:quota:queued-items           | hash    | -                   | common.jobs (Lua)     |
 | loraq:quota:queued-jobs            | hash    | -                   | common.jobs (Lua)     |
 | loraq:quota:{tenant}:bucket        | hash    | refill time + 60 s  | api.auth (Lua)        |
 | loraq:idem:{tenant}:{key sha256}   | string  | idempotency_ttl_s   | api.idempotency       |

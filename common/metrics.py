@@ -1,9 +1,11 @@
 """Every Prometheus metric of loraq, in one place, so the names the Grafana dashboard and the
 Helm chart use are defined once.
 
-Each process exports what it does: the gateway (on its HTTP port, `/metrics`) submissions,
-queue depths and ages; encode workers (on `worker.metrics_port`) job outcomes and latencies,
-batches and the adapter cache; the webhook worker (on `webhooks.metrics_port`) delivery attempts.
+Importing this module registers every metric in the process's registry, so each process
+exports all of them; only those it updates move: the gateway's (on its HTTP port, `/metrics`)
+submissions, queue depths and ages; encode workers' (on `worker.metrics_port`) job outcomes and
+latencies, batches and the adapter cache; the webhook worker's (on `webhooks.metrics_port`)
+delivery attempts.
 Label values are bounded: models and queues are configured, statuses and error codes are a fixed
 vocabulary; adapter ids never become labels.
 """

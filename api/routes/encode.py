@@ -1,7 +1,8 @@
 """Synchronous encode in SIE's wire format: the same queue as jobs, waited on with a bound.
 
-msgpack by default, JSON when the client accepts JSON but not msgpack (SIE_WIRE.md). On timeout
-the answer is 504 `JOB_TIMEOUT` carrying the job id, so the caller can poll instead of resubmitting.
+msgpack by default, JSON when the client accepts JSON but not msgpack (the README's "Synchronous
+encode (SIE wire format)"). On timeout the answer is 504 `JOB_TIMEOUT` carrying the job id, so
+the caller can poll instead of resubmitting.
 """
 
 from __future__ import annotations

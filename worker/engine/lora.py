@@ -47,13 +47,6 @@ class AdapterWeights:
     def rank(self) -> int:
         return max(w.a.shape[0] for w in self.modules.values())
 
-    @property
-    def nbytes(self) -> int:
-        return sum(
-            w.a.numel() * w.a.element_size() + w.b.numel() * w.b.element_size()
-            for w in self.modules.values()
-        )
-
 
 @dataclass(frozen=True)
 class LoraGroup:
@@ -113,10 +106,6 @@ class LoraPool:
         self.b: list[torch.Tensor | None] = [None] * len(groups)
         self._alloc_lock = threading.Lock()
         self.layouts = [_SlotLayout() for _ in range(n_slots)]
-
-    @property
-    def module_names(self) -> set[str]:
-        return set(self._where)
 
     def _group_tensors(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
         with self._alloc_lock:
