@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-unit test-fast lint format bench bench-e2e bench-engine bench-routing bench-control-plane up clean
+.PHONY: demo test test-fast lint format bench bench-e2e bench-engine bench-routing bench-control-plane up clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-test-unit: $(STAMP)
+# In-process tests only (no redis-server, no uvicorn, no training): seconds, not minutes.
+test-fast: $(STAMP)
 	$(PY) -m pytest -m unit
 
 lint: $(STAMP)

@@ -1,4 +1,9 @@
-"""Shared fixtures: a private redis-server per test session, markers by directory."""
+"""Shared fixtures: a private redis-server per test session, markers by directory.
+
+Tiers: `unit` (in-process, fakes; `make test-fast`), `slow` (in-process but costly: trains a
+model, renders the chart, starts an interpreter; under tests/unit/ but not `unit`),
+`integration` (a real redis-server), `e2e` (uvicorn, Celery workers, redis-server), `chaos`
+(e2e that kill workers or restart Redis), `gpu`. `make test` runs them all."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ _MARKER_BY_DIR = {"unit": "unit", "integration": "integration", "e2e": "e2e", "g
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         part = Path(str(item.path)).parent.name
-        if part in _MARKER_BY_DIR:
+        if part in _MARKER_BY_DIR and item.get_closest_marker("slow") is None:
             item.add_marker(_MARKER_BY_DIR[part])
 
 

@@ -230,6 +230,7 @@ def sigkill_twice(
         watch.poll(list(job_ids))
 
 
+@pytest.mark.chaos
 def test_sigkill_mid_batch_twice_loses_nothing(cluster: Callable[..., Cluster]) -> None:
     c = cluster(workers=3)
     job_ids: list[str] = []
@@ -250,6 +251,7 @@ def test_sigkill_mid_batch_twice_loses_nothing(cluster: Callable[..., Cluster]) 
     wait_until(c.every_shard_has_a_live_consumer, LEASE_TTL_S + 5, "shards re-leased")
 
 
+@pytest.mark.chaos
 def test_sigterm_under_load_hands_over_and_finishes(cluster: Callable[..., Cluster]) -> None:
     c = cluster(workers=3)
     with httpx.Client(base_url=c.stack.url, timeout=30) as client:
@@ -278,6 +280,7 @@ def test_sigterm_under_load_hands_over_and_finishes(cluster: Callable[..., Clust
     assert theirs, "the terminated worker had taken jobs"
 
 
+@pytest.mark.chaos
 def test_job_that_kills_its_workers_is_dead_lettered(cluster: Callable[..., Cluster]) -> None:
     """Each delivery of the job kills its worker (as an OOM kill would); after
     `max_deliveries` it fails with REDELIVERY_LIMIT and lands in the dead-letter list."""
@@ -330,6 +333,7 @@ def cpu_burner() -> Iterator[None]:
 
 @pytest.mark.timeout(900)
 @pytest.mark.usefixtures("cpu_burner")
+@pytest.mark.chaos
 @pytest.mark.parametrize("kills", [0, 2])
 def test_busy_host_fails_and_loses_no_job(cluster: Callable[..., Cluster], kills: int) -> None:
     """Without kills no job may fail: a copy of a job whose worker is alive is dropped, not
@@ -355,6 +359,7 @@ def test_busy_host_fails_and_loses_no_job(cluster: Callable[..., Cluster], kills
     assert watch.unchanged(), "a result changed after its job first became terminal"
 
 
+@pytest.mark.chaos
 def test_redis_restart_with_aof_loses_no_accepted_job(cluster: Callable[..., Cluster]) -> None:
     c = cluster(workers=2, appendonly=True)
     accepted: list[str] = []

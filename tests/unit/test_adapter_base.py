@@ -18,7 +18,7 @@ from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.conftest import PEFT_WARNINGS, base_info_for, edit_config
 from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
 
-pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
+pytestmark = [PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
 
 DEFAULT_RULES = AdapterRules(16, 10_000_000, AdapterSettings().base_mismatch)
 STRICT_RULES = AdapterRules(16, 10_000_000, BaseMismatchPolicy.REFUSE)
@@ -55,6 +55,7 @@ def served(tmp_path, make_base) -> tuple[Path, BaseModelInfo]:
     return model_dir, base_info_for(make_base(), model_id="org/tiny", aliases=(str(model_dir),))
 
 
+@pytest.mark.slow
 def test_same_package_in_another_site_packages_accepted(tmp_path, make_base, served, caplog):
     """The operator trap of issue 14: the same bundled model, installed in another venv."""
     _, base = served

@@ -15,7 +15,7 @@ from loraq.demo_data import DOMAINS, Domain
 from loraq.training import create_demo_adapters, demo_lora_id
 
 pytestmark = [
-    pytest.mark.unit,
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
 ]
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from common import keys
 from common.settings import Settings
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.slow  # renders the chart, validates manifests, starts interpreters
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "loraq"

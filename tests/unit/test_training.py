@@ -20,7 +20,7 @@ from loraq.demo_data import DOMAINS
 from loraq.training import create_demo_adapters, demo_lora_id, train_lora
 
 pytestmark = [
-    pytest.mark.unit,
+    pytest.mark.slow,
     # PEFT 0.21 probes a property that transformers 5 deprecated; nothing we can act on.
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
 ]
