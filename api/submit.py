@@ -117,8 +117,8 @@ async def submit(
     job_id: str | None = None,
 ) -> StoredJob:
     """Check what is cheap, authorize, admit (the caller's rate, backpressure), then check what
-    is costly, route the job, then record and queue it within the caller's quotas in one step:
-    if that fails (Redis unreachable), nothing was recorded and the caller gets 503."""
+    is costly, route the job, then record and queue it within the caller's quotas in one step
+    (no job is ever recorded without its message); if that step fails, the caller gets 503."""
     validate(gw, model, request)
     options = request.params.options
     who.may_use(options.lora_id)

@@ -494,8 +494,5 @@ class AsyncJobStore:
             return job, None
         return job, value.encode() if isinstance(value, str) else value
 
-    async def fail(self, job_id: str, now: float, code: str, message: str) -> Transition:
-        return await self._apply(fail_op(job_id, self.ttl_s, now, code, message))
-
     async def cancel(self, job_id: str, now: float) -> Transition:
         return await self._apply(cancel_op(job_id, self.ttl_s, now))

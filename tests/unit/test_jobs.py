@@ -302,7 +302,7 @@ def test_terminal_transitions_publish_job_id(store: JobStore, client: fakeredis.
     pubsub.close()
 
 
-def test_async_store_create_get_fail(server: fakeredis.FakeServer) -> None:
+def test_async_store_create_get_cancel(server: fakeredis.FakeServer) -> None:
     async def scenario() -> None:
         aclient = fakeredis.FakeAsyncRedis(server=server)
         astore = AsyncJobStore(aclient, TTL)
@@ -313,18 +313,14 @@ def test_async_store_create_get_fail(server: fakeredis.FakeServer) -> None:
         assert await astore.get("nope") is None
         assert await astore.get_with_result("job_async") == (job, None)
 
-        failed = await astore.fail("job_async", 9.0, "QUEUE_UNAVAILABLE", "no broker")
-        assert failed == Transition(applied=True, previous=JobStatus.QUEUED, attempts=0)
-        again = await astore.fail("job_async", 10.0, "OTHER", "late")
-        assert again == Transition(applied=False, previous=JobStatus.FAILED, attempts=0)
+        cancelled = await astore.cancel("job_async", 9.0)
+        assert cancelled == Transition(applied=True, previous=JobStatus.QUEUED, attempts=0)
+        again = await astore.cancel("job_async", 10.0)
+        assert again == Transition(applied=False, previous=JobStatus.CANCELLED, attempts=0)
         stored = await astore.get("job_async")
         assert stored is not None
-        assert (stored.status, stored.error_code, stored.finished_at) == (
-            JobStatus.FAILED,
-            "QUEUE_UNAVAILABLE",
-            9.0,
-        )
-        assert await astore.fail("ghost", 1.0, "X", "y") == Transition(False, None, 0)
+        assert (stored.status, stored.finished_at) == (JobStatus.CANCELLED, 9.0)
+        assert await astore.cancel("ghost", 1.0) == Transition(False, None, 0)
         await aclient.aclose()
 
     asyncio.run(scenario())
