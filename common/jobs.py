@@ -387,6 +387,21 @@ class JobStore:
             message.encode() if isinstance(message, str) else message,
         )
 
+    def take_sweep(self, worker: str, interval_ms: int) -> bool:
+        """This interval's redelivery sweep for `worker`, unless another worker has it."""
+        return bool(self.client.set(keys.SWEEP_LOCK, worker, nx=True, px=interval_ms))
+
+    def dead_letter(self, entry: str, keep: int) -> None:
+        """Add `entry` to the dead-letter list, which keeps the `keep` most recent."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(keys.DEAD_LETTER, entry)
+            pipe.ltrim(keys.DEAD_LETTER, 0, keep - 1)
+            pipe.execute()
+
+    def get_result(self, job_id: str) -> bytes | None:
+        value = self.client.get(keys.job_result(job_id))
+        return value.encode() if isinstance(value, str) else value
+
     def overdue(self, now: float, limit: int) -> list[str]:
         """Unfinished jobs whose redelivery deadline has passed."""
         ids = self.client.zrangebyscore(keys.PENDING_ZSET, "-inf", now, start=0, num=limit)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import redis
 
-from common import keys, metrics, token_ids
+from common import metrics, token_ids
 from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
 from common.jobs import JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus
@@ -212,14 +212,7 @@ class JobRunner:
             {"job_id": job_id, "attempts": attempts, "at": self._clock(), "message": payload}
         )
 
-        def write() -> None:
-            client = self._store.client
-            with client.pipeline(transaction=True) as pipe:
-                pipe.lpush(keys.DEAD_LETTER, entry)
-                pipe.ltrim(keys.DEAD_LETTER, 0, DEAD_LETTER_KEEP - 1)
-                pipe.execute()
-
-        with_redis_retries(write)
+        with_redis_retries(lambda: self._store.dead_letter(entry, DEAD_LETTER_KEEP))
         self._fail(message, error)
 
     def _tokens(self, message: EncodeMessage) -> list[list[int]]:

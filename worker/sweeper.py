@@ -61,8 +61,7 @@ class Sweeper:
     def sweep(self, now: float) -> int:
         """Act on every overdue job; returns how many were published again. Skips if another
         worker holds this interval's sweep."""
-        client = self._store.client
-        if not client.set(keys.SWEEP_LOCK, self._me, nx=True, px=self._interval_ms):
+        if not self._store.take_sweep(self._me, self._interval_ms):
             return 0
         count = 0
         for job_id in self._store.overdue(now, BATCH):

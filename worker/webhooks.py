@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from common import keys, metrics
+from common import metrics
 from common.errors import WebhookUrlForbidden
 from common.job_view import job_json, job_view
 from common.jobs import JobStore
@@ -223,9 +223,9 @@ class WebhookSender:
     def payload(self, job: StoredJob, now: float) -> bytes:
         base = (self._settings.public_base_url or "").rstrip("/")
         self_url = f"{base}/v1/jobs/{job.id}"
-        result = self._store.client.get(keys.job_result(job.id))
+        result = self._store.get_result(job.id)
         data: dict[str, Any]
-        if isinstance(result, bytes) and len(result) <= self._settings.inline_result_max_bytes:
+        if result is not None and len(result) <= self._settings.inline_result_max_bytes:
             data = job_view(job, result, self_url)
         else:
             data = job_view(job, None, self_url)
