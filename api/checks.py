@@ -117,11 +117,12 @@ class SubmitChecks:
         `INPUT_TOO_LONG` now for a text over the model's limit. A few characters are tokenized
         on the event loop (less than a thread handoff costs), more on the lane's threads; None
         (the worker tokenizes) when that is not cheap: too many characters, the lane busy, or
-        no tokenizer here."""
+        no tokenizer here. A model's first call goes to the lane: loading its tokenizer reads
+        files, which the event loop must not wait on."""
         chars = sum(map(len, texts))
         if chars > TOKENIZE_MAX_CHARS:
             return None
-        if chars <= TOKENIZE_INLINE_CHARS:
+        if chars <= TOKENIZE_INLINE_CHARS and model in self._tokenizers:
             return self._tokenize_now(model, texts, truncate)
         with contextlib.suppress(Busy):
             return await self._tokenize.run(

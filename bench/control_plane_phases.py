@@ -137,22 +137,18 @@ class InProcessCosts:
         return round((time.process_time() - started) * 1000 / len(rows), 4)
 
 
-def forward_cpu_s(redis_url: str, after: float) -> float:
+def forward_cpu_s(client: redis.Redis, after: float) -> float:
     """The worker's CPU seconds in forwards so far (the batch thread's, from its heartbeat), as
     of a heartbeat written after `after`: with no load running, that is exact."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        fresh: list[float] = []
+    fresh: list[float] = []
 
-        def heartbeat() -> bool:
-            infos = live_worker_infos(client)
-            fresh[:] = [w.forward_cpu_s for w in infos if w.seen_at > after]
-            return bool(fresh)
+    def heartbeat() -> bool:
+        infos = live_worker_infos(client)
+        fresh[:] = [w.forward_cpu_s for w in infos if w.seen_at > after]
+        return bool(fresh)
 
-        wait_until(heartbeat, 30, "a worker heartbeat")
-        return sum(fresh)
-    finally:
-        client.close()
+    wait_until(heartbeat, 30, "a worker heartbeat")
+    return sum(fresh)
 
 
 def commands_per_job(
@@ -178,19 +174,19 @@ def measure_config(
     payloads = make_payloads(texts, size, warm + jobs, b.models.lora_ids)
     calls = build_calls(mode, payloads, DEFAULT_MODEL_ID)
     run_load(b.stack.url, mode, calls[:warm], b.args.concurrency)
-    forward_before = forward_cpu_s(b.redis_url, time.time())
+    client = redis.Redis.from_url(b.redis_url)
+    forward_before = forward_cpu_s(client, time.time())
     pids = b.pids(worker)
     profilers = None
     if mode == "async" and size == 1:
         profilers = _profilers(b, {"gateway": pids["gateway"], "worker": pids["worker-0"]})
-    client = redis.Redis.from_url(b.redis_url)
     commands_before = client.info("commandstats")
     before = cpu_snapshot(pids)
     load = run_load(b.stack.url, mode, calls[warm:], b.args.concurrency)
     after = cpu_snapshot(pids)
     commands = commands_per_job(commands_before, client.info("commandstats"), jobs)
+    forward_ms = (forward_cpu_s(client, time.time()) - forward_before) * 1000 / jobs
     client.close()
-    forward_ms = (forward_cpu_s(b.redis_url, time.time()) - forward_before) * 1000 / jobs
     row: dict[str, Any] = {
         "mode": mode,
         "items_per_job": size,

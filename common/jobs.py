@@ -129,9 +129,9 @@ return 0
 """
 
 # KEYS: job hash, stored message, pending zset, queued-items hash, queued-jobs hash, queue list.
-# ARGV: record fields (JSON), message, ttl, redelivery deadline, tenant ('' = no item quota),
-#       items, item limit, the tenant's queued-jobs field ('' = no share), its job limit,
-#       the queue entry (`common.queueing.envelope`).
+# ARGV: job id, message, ttl, redelivery deadline, tenant ('' = no item quota), items, item
+#       limit, the tenant's queued-jobs field ('' = no share), its job limit, the queue entry
+#       (`common.celery_wire.envelope`), then the record's fields as name, value pairs.
 # Creates nothing and answers {0, count, 'items' | 'jobs'} if a quota would overflow.
 _CREATE_LUA = """
 if ARGV[8] ~= '' then
@@ -144,16 +144,10 @@ if ARGV[5] ~= '' then
   redis.call('HINCRBY', KEYS[4], ARGV[5], ARGV[6])
 end
 if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[5], ARGV[8], 1) end
-local fields = cjson.decode(ARGV[1])
-local pairs_ = {}
-for name, value in pairs(fields) do
-  pairs_[#pairs_ + 1] = name
-  pairs_[#pairs_ + 1] = value
-end
-redis.call('HSET', KEYS[1], unpack(pairs_))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], fields.id)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('LPUSH', KEYS[6], ARGV[10])
 return {1, 0}
 """
@@ -210,6 +204,10 @@ def encode_job(job: StoredJob) -> dict[str, str]:
             continue
         fields[name] = json.dumps(value) if name == "item_ids" else str(value)
     return fields
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
 
 
 def _text(value: bytes | str) -> str:
@@ -384,7 +382,7 @@ class JobStore:
         return (
             JobStatus(_text(status)) if status else None,
             bool(held),
-            message.encode() if isinstance(message, str) else message,
+            _bytes(message),
         )
 
     def take_sweep(self, worker: str, interval_ms: int) -> bool:
@@ -399,8 +397,7 @@ class JobStore:
             pipe.execute()
 
     def get_result(self, job_id: str) -> bytes | None:
-        value = self.client.get(keys.job_result(job_id))
-        return value.encode() if isinstance(value, str) else value
+        return _bytes(self.client.get(keys.job_result(job_id)))
 
     def overdue(self, now: float, limit: int) -> list[str]:
         """Unfinished jobs whose redelivery deadline has passed."""
@@ -408,8 +405,7 @@ class JobStore:
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     def stored_message(self, job_id: str) -> bytes | None:
-        value = self.client.get(keys.job_message(job_id))
-        return value.encode() if isinstance(value, str) else value
+        return _bytes(self.client.get(keys.job_message(job_id)))
 
     def reschedule(self, job_id: str, at: float) -> None:
         self.client.zadd(keys.PENDING_ZSET, {job_id: at}, xx=True)
@@ -480,7 +476,7 @@ class AsyncJobStore:
                 keys.QUEUED_ITEMS, keys.QUEUED_JOBS, keys.queue_list(queue),
             ],
             args=[
-                json.dumps(encode_job(job)),
+                job.id,
                 message,
                 self.ttl_s,
                 repr(job.created_at + self.redeliver_after_s),
@@ -490,6 +486,7 @@ class AsyncJobStore:
                 share,
                 max_model_jobs or 0,
                 envelope(message, job.id, queue),
+                *(part for field in encode_job(job).items() for part in field),
             ],
         )  # fmt: skip
         return None if int(reply[0]) else (_text(reply[2]), int(reply[1]))
@@ -507,7 +504,7 @@ class AsyncJobStore:
         job = decode_job(raw) if raw else None
         if job is None or job.status != JobStatus.SUCCEEDED:
             return job, None
-        return job, value.encode() if isinstance(value, str) else value
+        return job, _bytes(value)
 
     async def cancel(self, job_id: str, now: float) -> Transition:
         return await self._apply(cancel_op(job_id, self.ttl_s, now))

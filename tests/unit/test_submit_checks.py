@@ -81,7 +81,8 @@ def test_the_gateway_makes_the_workers_token_ids_and_checks_lengths_when_cheap()
         return asyncio.run(checks.tokenize(DEFAULT_MODEL_ID, texts, truncate))
 
     try:
-        for texts in (["a short text"], ["word " * 400, "a short one"] * 3):
+        # The first call loads the tokenizer on the lane; the last is tokenized inline.
+        for texts in (["a short text"], ["word " * 400, "a short one"] * 3, ["short again"]):
             ids = tokenize(texts)
             assert ids is not None and ids.tokenizer == worker_side.id
             expected = [e.ids for e in worker_side.tokenizer.encode_batch(texts)]
