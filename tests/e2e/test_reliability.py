@@ -253,17 +253,33 @@ def test_sigkill_mid_batch_twice_loses_nothing(cluster: Callable[..., Cluster]) 
 
 @pytest.mark.chaos
 def test_sigterm_under_load_hands_over_and_finishes(cluster: Callable[..., Cluster]) -> None:
+    """Jobs keep arriving until a worker is caught with one in flight: a fixed burst can finish
+    before the check sees it running, however fast the workers are."""
     c = cluster(workers=3)
+    job_ids: list[str] = []
+    caught = threading.Event()
     with httpx.Client(base_url=c.stack.url, timeout=30) as client:
-        job_ids = [submit(client, i) for i in range(150)]
+
+        def feed() -> None:
+            for i in range(3000):
+                if caught.is_set():
+                    return
+                job_ids.append(submit(client, i))
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
         victim: Process | None = None
 
         def found() -> bool:
             nonlocal victim
-            victim = victim_running_a_job(c, job_ids)
+            victim = victim_running_a_job(c, list(job_ids))
             return victim is not None
 
-        wait_until(found, 60, "a worker with a job in flight")
+        try:
+            wait_until(found, 60, "a worker with a job in flight", interval=0.01)
+        finally:
+            caught.set()
+            feeder.join(30)
         assert victim is not None
         victim_id = c.worker_of(victim)
         victim.signal(signal.SIGTERM)
