@@ -26,13 +26,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m unit
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check api worker common loraq tests bench
-	$(VENV)/bin/ruff format --check api worker common loraq tests bench
+	$(VENV)/bin/ruff check api worker common webhooks loraq tests bench
+	$(VENV)/bin/ruff format --check api worker common webhooks loraq tests bench
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format api worker common loraq tests bench
-	$(VENV)/bin/ruff check --fix api worker common loraq tests bench
+	$(VENV)/bin/ruff format api worker common webhooks loraq tests bench
+	$(VENV)/bin/ruff check --fix api worker common webhooks loraq tests bench
 
 bench-e2e: $(STAMP)
 	$(PY) bench/e2e.py

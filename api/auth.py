@@ -8,7 +8,7 @@ disabled (local development only) every caller is the tenant `local`.
 Quotas live in Redis so they hold across gateway replicas: a token bucket per tenant for the
 submit rate (here), and counts of the tenant's unfinished items and of its unfinished jobs per
 model (its share of the model's queue), reserved when the job is created and given back by its
-terminal transition (both in `common.jobs`).
+terminal transition (both in `common.job_store`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.errors import IdempotencyKeyReused, InvalidInput
-from common.jobs import AsyncJobStore
+from common.job_store import AsyncJobStore
 from common.schemas import StoredJob
 
 log = logging.getLogger(__name__)

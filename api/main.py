@@ -10,16 +10,16 @@ from fastapi import FastAPI
 from api.auth import RateLimiter
 from api.body import parse_limiter
 from api.checks import SubmitChecks
+from api.cluster_view import ClusterView
 from api.errors import install_error_handlers
 from api.idempotency import Idempotency
 from api.openapi import install_openapi
 from api.publisher import Publisher
 from api.routes import embeddings, encode, health, jobs, webhook_secret, workers
-from api.routing_table import RoutingTable
 from api.state import Gateway, connect_redis
 from api.waiter import CompletionWaiter
-from common.jobs import AsyncJobStore
-from common.queueing import make_celery
+from common.broker import make_celery
+from common.job_store import AsyncJobStore
 from common.settings import Settings
 
 
@@ -30,21 +30,21 @@ def create_app(settings: Settings) -> FastAPI:
         store = AsyncJobStore(client, settings.result_ttl_s, settings.routing.redeliver_after_s)
         waiter = CompletionWaiter(client, store)
         await waiter.start()
-        routing = RoutingTable(client, settings)
-        waiter.on_done.append(routing.completed)
-        await routing.start()
+        cluster = ClusterView(client, settings)
+        waiter.on_done.append(cluster.completed)
+        await cluster.start()
         publisher = Publisher(make_celery(settings))
         rate = RateLimiter(client)
         idempotency = Idempotency(client, store, settings.auth.idempotency_ttl_s)
         checks = SubmitChecks(settings)
         app.state.parse_limiter = parse_limiter()
         app.state.gateway = Gateway(
-            settings, client, store, publisher, waiter, routing, rate, idempotency, checks
+            settings, client, store, publisher, waiter, cluster, rate, idempotency, checks
         )
         try:
             yield
         finally:
-            await routing.stop()
+            await cluster.stop()
             await waiter.stop()
             publisher.close()
             checks.close()

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
 
-from common.queueing import publish_webhook
+from common.broker import publish_webhook
 
 THREADS = 4
 

@@ -8,11 +8,11 @@ import redis.asyncio as aioredis
 
 from api.auth import RateLimiter
 from api.checks import SubmitChecks
+from api.cluster_view import ClusterView
 from api.idempotency import Idempotency
 from api.publisher import Publisher
-from api.routing_table import RoutingTable
 from api.waiter import CompletionWaiter
-from common.jobs import AsyncJobStore
+from common.job_store import AsyncJobStore
 from common.settings import Settings
 
 
@@ -35,7 +35,7 @@ class Gateway:
     store: AsyncJobStore
     publisher: Publisher
     waiter: CompletionWaiter
-    routing: RoutingTable
+    cluster: ClusterView
     rate: RateLimiter
     idempotency: Idempotency
     checks: SubmitChecks

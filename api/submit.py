@@ -70,7 +70,7 @@ async def admit(gw: Gateway, who: Caller, model: str) -> None:
     """The tenant's submit rate first: a refused request costs nothing more, and does not count
     against the model's backpressure limit."""
     await gw.rate.admit(who)
-    gw.routing.admit(model)
+    gw.cluster.admit(model)
 
 
 async def check_costly(
@@ -151,17 +151,17 @@ async def submit(
     )
     share = gw.settings.limits.tenant_max_jobs()
     limits = (who.key.max_queued_items, share) if who.key else (None, None)
-    route = gw.routing.route(model, options.lora_id, job.id)
+    route = gw.cluster.route(model, options.lora_id, job.id)
     raw = message.model_dump_json().encode()
     try:
         refused = await gw.store.create(job, raw, route.queue, *limits)
     except BaseException:  # a Redis error answers 503 (api.errors)
-        gw.routing.completed(job.id)
+        gw.cluster.completed(job.id)
         raise
     if refused is not None:
-        gw.routing.completed(job.id)
+        gw.cluster.completed(job.id)
         raise quota_error(refused, job, *limits)
-    gw.routing.published(model, job.id)
+    gw.cluster.published(model, job.id)
     JOBS_SUBMITTED.labels(model).inc()
     return job
 

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common import keys
-from common.jobs import AsyncJobStore
+from common.job_store import AsyncJobStore
 from common.schemas import StoredJob
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class CompletionWaiter:
         self._store = store
         self._recheck_s = recheck_s
         self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
-        #: Called with every finished job's id (the routing table corrects loads with it).
+        #: Called with every finished job's id (the cluster view corrects loads with it).
         self.on_done: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
 

@@ -1,8 +1,8 @@
 """The floor: a plain Celery task that does one Redis INCR, consumed as loraq consumes.
 
-Same broker settings (`common.queueing.make_celery`: key prefix, JSON, visibility timeout), same
-consumer settings (`worker.celery_app.make_consumer_app`: late acks, prefetch 1, no events),
-same pool flags as `WorkerProcess.run` (threads, `worker.concurrency`, no mingle or gossip): what
+Same broker settings (`common.broker.make_celery`: key prefix, JSON, visibility timeout), same
+consumer settings (`common.broker.make_consumer_app`: late acks, prefetch 1, no events),
+same pool flags as `EncodeWorker.run` (threads, `worker.concurrency`, no mingle or gossip): what
 is left is Celery's own cost per task (publish, consume, ack) plus one round trip, and nothing of
 loraq's. `python bench/celery_noop.py` runs the worker, configured by `LORAQ_*` variables; the
 harness publishes with `make_app(...).send_task(NOOP_TASK, queue=NOOP_QUEUE)` and counts
@@ -19,8 +19,8 @@ from celery import Celery
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.broker import make_consumer_app
 from common.settings import Settings
-from worker.celery_app import make_consumer_app
 
 NOOP_TASK = "bench.noop"
 NOOP_QUEUE = "bench-noop"

@@ -30,9 +30,9 @@ from bench.control_plane_procs import (
 from bench.control_plane_profile import Profilers
 from bench.h200_model import BGE_M3_DIMS
 from bench.sim_worker import LOG_ENV
-from common.jobs import JobStore
+from common.heartbeats import live_worker_ids, live_worker_infos
+from common.job_store import JobStore
 from common.settings import DEFAULT_MODEL_ID, Settings
-from common.workers import live_worker_ids, live_worker_infos
 from loraq.stack import Process, Stack, wait_until
 
 
@@ -215,7 +215,7 @@ def _wait_no_worker(b: Bench) -> None:
         wait_until(lambda: not live_worker_ids(client, DEFAULT_MODEL_ID), 60, "no live worker")
     finally:
         client.close()
-    # the gateway's routing table forgets the worker at its next refresh
+    # the gateway's cluster view forgets the worker at its next refresh
     time.sleep(3 * Settings(redis_url=b.redis_url).routing.refresh_s)
 
 

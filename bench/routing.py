@@ -1,4 +1,4 @@
-"""Routing benchmark: the REAL `api.router.Router` against round-robin, plain hashing and
+"""Routing benchmark: the REAL `api.placement.Router` against round-robin, plain hashing and
 least-loaded, in the simulator of `bench/routing_sim.py` (which says how jobs, workers and
 heartbeats are modelled, and what each metric means).
 

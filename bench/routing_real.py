@@ -114,7 +114,7 @@ async def submit_and_wait(url: str, lora_ids: list[str | None], concurrency: int
 def heartbeat_totals(url: str) -> dict[str, Any]:
     import redis
 
-    from common.workers import live_worker_infos
+    from common.heartbeats import live_worker_infos
 
     infos = live_worker_infos(redis.Redis.from_url(url))
     return {
@@ -130,7 +130,7 @@ def workers_leasing(url: str, n: int, shards: int) -> bool:
     """All n workers in the registry, each holding shards, all shards held."""
     import redis
 
-    from common.workers import live_worker_infos
+    from common.heartbeats import live_worker_infos
 
     shared = keys.model_queue(DEFAULT_MODEL_ID)
     infos = live_worker_infos(redis.Redis.from_url(url))

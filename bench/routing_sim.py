@@ -6,7 +6,7 @@ of `route()` cannot show, and the real stack is far too slow for 100k jobs. So t
 in discrete time over a seeded workload, and every placement of the "loraq" policy is a call of
 `Router.route` on snapshots fed to `Router.update`, with `Router.published` as the job is queued
 and `Router.complete` for each finished job, as the gateway does (`api/submit.py`,
-`api/routing_table.py`, `api/waiter.py`): nothing of the router is copied.
+`api/cluster_view.py`, `api/waiter.py`): nothing of the router is copied.
 
 Model (one tick = the time a worker takes to serve one job; `tick_s` = 10 ms by default):
 - Jobs arrive as a Poisson process at `utilisation` x the workers' job capacity (default 0.85:
@@ -77,7 +77,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api.router import Router, WorkerView
+from api.placement import Router, WorkerView
 from common import keys
 from common.hashing import stable_hash
 from common.settings import DEFAULT_MODEL_ID, AdapterSettings, WorkerSettings
@@ -308,7 +308,7 @@ class LeastLoaded:
 
 
 class Loraq:
-    """`api.router.Router` itself, plus a check of its bound on the loads it decides on."""
+    """`api.placement.Router` itself, plus a check of its bound on the loads it decides on."""
 
     name = "loraq"
 

@@ -1,6 +1,6 @@
 """A real loraq worker process whose forward pass is a simulated H200 (benchmarks only).
 
-`python bench/sim_worker.py` runs exactly what `loraq worker` runs (`WorkerProcess`: Celery,
+`python bench/sim_worker.py` runs exactly what `loraq worker` runs (`EncodeWorker`: Celery,
 task threads, tokenizer, adapter cache, batcher, leases, heartbeats), configured by the same
 `LORAQ_*` variables, except that the engine class the worker builds at start-up is replaced here,
 from outside, by `SimulatedH200Engine`. Nothing in the production code or its settings can turn the
@@ -75,12 +75,12 @@ class SimulatedH200Engine(engine_module.Engine):
 
 
 def main() -> None:
-    # The worker imports its engine class from this module when it starts (worker.main).
+    # The worker imports its engine class from this module when it starts (worker.encode_worker).
     engine_module.Engine = SimulatedH200Engine  # type: ignore[misc]
     from common.settings import Settings
-    from worker.main import WorkerProcess
+    from worker.encode_worker import EncodeWorker
 
-    WorkerProcess(Settings()).run()
+    EncodeWorker(Settings()).run()
 
 
 if __name__ == "__main__":

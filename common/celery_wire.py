@@ -1,6 +1,6 @@
 """An encode job's message as it lies on its queue: what Celery workers consume.
 
-The gateway pushes this entry in the same Lua call that records the job (`common.jobs`), so a
+The gateway pushes this entry in the same Lua call that records the job (`common.job_store`), so a
 submit is one Redis round trip on the event loop, and a job is never recorded without its
 message nor queued without its record; Celery's own publish would need a thread (it blocks) and
 round trips of its own. The entry is exactly what kombu's Redis transport stores for a Celery

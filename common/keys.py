@@ -2,22 +2,22 @@
 
 | key / name                         | type    | TTL                 | written by            |
 |------------------------------------|---------|---------------------|-----------------------|
-| loraq:job:{<id>}                   | hash    | result_ttl_s        | common.jobs (CAS Lua) |
-| loraq:job:{<id>}:result            | string  | result_ttl_s        | common.jobs (CAS Lua) |
-| loraq:job:{<id>}:message           | string  | until terminal      | common.jobs           |
-| loraq:job:{<id>}:hold              | string  | heartbeats, renewed | common.jobs (Lua)     |
-| loraq:pending                      | zset    | members: until term.| common.jobs (Lua)     |
-| loraq:sweep-lock                   | string  | one sweep interval  | worker.sweeper        |
-| loraq:webhooks:outbox              | zset    | until delivered     | common.jobs, outbox   |
-| loraq:webhooks:in-flight:{host}    | zset    | one attempt's lease | common.outbox (Lua)   |
-| loraq:quota:queued-items           | hash    | -                   | common.jobs (Lua)     |
-| loraq:quota:queued-jobs            | hash    | -                   | common.jobs (Lua)     |
+| loraq:job:{<id>}                   | hash    | result_ttl_s        | common.job_store (CAS Lua) |
+| loraq:job:{<id>}:result            | string  | result_ttl_s        | common.job_store (CAS Lua) |
+| loraq:job:{<id>}:message           | string  | until terminal      | common.job_store           |
+| loraq:job:{<id>}:hold              | string  | heartbeats, renewed | common.job_store (Lua)     |
+| loraq:pending                      | zset    | members: until term.| common.job_store (Lua)     |
+| loraq:sweep-lock                   | string  | one sweep interval  | worker.redelivery        |
+| loraq:webhooks:outbox              | zset    | until delivered     | common.job_store, outbox   |
+| loraq:webhooks:in-flight:{host}    | zset    | one attempt's lease | webhooks.outbox (Lua)   |
+| loraq:quota:queued-items           | hash    | -                   | common.job_store (Lua)     |
+| loraq:quota:queued-jobs            | hash    | -                   | common.job_store (Lua)     |
 | loraq:quota:{tenant}:bucket        | hash    | refill time + 60 s  | api.auth (Lua)        |
 | loraq:idem:{tenant}:{key sha256}   | string  | idempotency_ttl_s   | api.idempotency       |
-| loraq:webhook-lease:{<id>}         | string  | one attempt's lease | common.outbox (Lua)   |
-| loraq:events:job-done              | channel | -                   | common.jobs (Lua)     |
+| loraq:webhook-lease:{<id>}         | string  | one attempt's lease | webhooks.outbox (Lua)   |
+| loraq:events:job-done              | channel | -                   | common.job_store (Lua)     |
 | loraq:workers                      | zset    | members pruned      | worker heartbeat      |
-| loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.leases (Lua)   |
+| loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.shard_leases (Lua)   |
 | loraq:dead-letter                  | list    | -                   | worker.runner         |
 | loraq:worker:{worker_id}           | string  | 3 heartbeats        | worker heartbeat      |
 | loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
@@ -67,7 +67,7 @@ def job_message(job_id: str) -> str:
 def job_hold(job_id: str) -> str:
     """The id of the worker working on a running job. Its TTL is a few heartbeats, renewed by
     that worker's heartbeat while it works on the job, so it lapses when the worker dies or
-    drops the job; while it exists, a redelivery of the job is a duplicate (common.jobs)."""
+    drops the job; while it exists, a redelivery of the job is a duplicate (common.job_store)."""
     return f"{PREFIX}job:{{{job_id}}}:hold"
 
 

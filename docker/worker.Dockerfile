@@ -57,7 +57,7 @@ COPY loraq ./loraq
 COPY worker ./worker
 RUN pip install --no-cache-dir --no-deps -c /tmp/constraints.txt . \
     && pip check \
-    && python -c "import torch, worker.main, loraq.cli; print('torch', torch.__version__)"
+    && python -c "import torch, worker.encode_worker, loraq.cli; print('torch', torch.__version__)"
 
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

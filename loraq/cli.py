@@ -45,14 +45,14 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _worker(_: argparse.Namespace) -> int:
-    from worker.main import WorkerProcess
+    from worker.encode_worker import EncodeWorker
 
-    WorkerProcess(Settings()).run()
+    EncodeWorker(Settings()).run()
     return 0
 
 
 def _webhooks(_: argparse.Namespace) -> int:
-    from worker.webhook_worker import WebhookWorker
+    from webhooks.worker import WebhookWorker
 
     WebhookWorker(Settings()).run()
     return 0

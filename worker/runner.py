@@ -33,7 +33,7 @@ import redis
 
 from common import metrics, token_ids
 from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerError
-from common.jobs import JobStore, Transition
+from common.job_store import JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus
 from worker.adapter_cache import Lease
 from worker.batcher import JobOutput, JobStopped, Row

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from api.deps import GatewayDep
+from common.heartbeats import live_workers
 from common.schemas import ErrorInfo
-from common.workers import live_workers
 
 router = APIRouter(tags=["health"])
 

@@ -13,13 +13,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.auth import Caller
+from api.cluster_view import ClusterView
 from api.deps import CallerDep, GatewayDep
-from api.routing_table import RoutingTable
 
 router = APIRouter(tags=["operations"])
 
 
-def full_view(table: RoutingTable, model: str) -> dict[str, Any]:
+def full_view(table: ClusterView, model: str) -> dict[str, Any]:
     return {
         "queued": table.depth[model],
         "workers": [w.model_dump() for w in table.workers[model]],
@@ -27,7 +27,7 @@ def full_view(table: RoutingTable, model: str) -> dict[str, Any]:
     }
 
 
-def tenant_view(table: RoutingTable, model: str, who: Caller) -> dict[str, Any]:
+def tenant_view(table: ClusterView, model: str, who: Caller) -> dict[str, Any]:
     warm = {a for w in table.workers[model] for a in w.warm_adapters if who.owns(a)}
     return {
         "queued": table.depth[model],
@@ -38,7 +38,7 @@ def tenant_view(table: RoutingTable, model: str, who: Caller) -> dict[str, Any]:
 
 @router.get("/v1/workers")
 async def workers(gw: GatewayDep, who: CallerDep) -> dict[str, Any]:
-    table = gw.routing
+    table = gw.cluster
     return {
         "refreshed_at": table.refreshed_at,
         "models": {

@@ -24,9 +24,9 @@ import pytest
 import redis
 
 from common import keys
-from common.jobs import decode_job
+from common.heartbeats import live_worker_infos
+from common.job_store import decode_job
 from common.settings import DEFAULT_MODEL_ID
-from common.workers import live_worker_infos
 from loraq.stack import LOCAL_DEV_ENV, Process, Stack, start_redis, wait_until
 from tests.reference import save_random_adapter, save_tiny_model
 

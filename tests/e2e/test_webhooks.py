@@ -16,7 +16,7 @@ import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from common import keys
-from common.queueing import enqueue
+from common.broker import enqueue
 from common.schemas import EncodeMessage
 from common.settings import Settings
 from loraq.client import verify_webhook

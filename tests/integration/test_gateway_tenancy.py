@@ -12,9 +12,9 @@ import httpx
 import redis
 
 from common import keys
-from common.jobs import JobStore
+from common.heartbeats import write_heartbeat
+from common.job_store import JobStore
 from common.schemas import WorkerInfo
-from common.workers import write_heartbeat
 from tests.integration.gateway_app import (
     MODEL,
     Keys,
@@ -79,7 +79,7 @@ def test_workers_view_shows_a_key_only_its_own_adapters(redis_url: str, tmp_path
 
     async def scenario() -> dict[str, httpx.Response]:
         async with gateway(s) as (client, gw):
-            await gw.routing.refresh()
+            await gw.cluster.refresh()
             return {
                 tenant: await client.get("/v1/workers", headers=api_keys.headers(tenant))
                 for tenant in ("ops", "acme", "globex")

@@ -15,7 +15,7 @@ from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from common.jobs import JobStore
+from common.job_store import JobStore
 from common.settings import BatchSettings, Settings
 from tests.fakes import DIMS, FakeAdapters, FakeEngine, fake_vector
 from worker.batcher import Batcher
@@ -121,8 +121,8 @@ def test_sync_encode_waits_for_the_worker(client: TestClient, worker: FakeAdapte
 
 
 def test_readyz_sees_heartbeats(client: TestClient, settings: Settings) -> None:
+    from common.heartbeats import remove_worker, write_heartbeat
     from common.schemas import WorkerInfo
-    from common.workers import remove_worker, write_heartbeat
 
     assert client.get("/readyz").status_code == 503
     r = redis.Redis.from_url(settings.redis_url)

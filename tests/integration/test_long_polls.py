@@ -12,7 +12,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from api.submit import new_job_id
-from common.jobs import AsyncJobStore
+from common.job_store import AsyncJobStore
 from common.schemas import JobStatus, StoredJob
 from tests.integration.gateway_app import MODEL, Keys, gateway, settings
 

@@ -13,7 +13,7 @@ from kombu.transport.virtual.base import Message
 
 from common import keys
 from common.celery_wire import envelope
-from common.jobs import AsyncJobStore
+from common.job_store import AsyncJobStore
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 
 pytestmark = pytest.mark.unit

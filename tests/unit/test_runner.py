@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from common import keys, token_ids
-from common.jobs import AsyncJobStore, JobStore, Transition
+from common.job_store import AsyncJobStore, JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 from common.settings import BatchSettings
 from tests.fakes import DIMS, FakeAdapters, FakeEngine

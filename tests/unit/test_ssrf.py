@@ -8,7 +8,7 @@ import pytest
 
 from common.errors import WebhookUrlForbidden
 from common.ssrf import check_address, is_public, parse_networks, parse_url, resolve
-from worker.webhooks import retry_after_seconds
+from webhooks.delivery import retry_after_seconds
 
 REFUSED = [
     "127.0.0.1", "127.8.8.8", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254",

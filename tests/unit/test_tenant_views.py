@@ -10,8 +10,8 @@ import fakeredis
 import pytest
 
 from common import keys
+from common.job_store import JobStore, encode_job
 from common.job_view import job_view
-from common.jobs import JobStore, encode_job
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 from tests.fakes import FakeAdapters, FakeEngine
 from worker.batcher import JobOutput, Row

@@ -18,9 +18,8 @@ from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from common import keys
+from common.job_store import JobStore, encode_job
 from common.job_view import webhook_view
-from common.jobs import JobStore, encode_job
-from common.outbox import Outbox
 from common.schemas import JobStatus, StoredJob
 from common.settings import ApiKey, WebhookSettings
 from common.webhook_secret import derive
@@ -28,7 +27,8 @@ from loraq import cli
 from loraq.client import verify_webhook
 from tests.receiver import Answer, Receiver
 from tests.unit.conftest import wait_until
-from worker.webhooks import OutboxSweeper, WebhookSender
+from webhooks.delivery import OutboxSweeper, WebhookSender
+from webhooks.outbox import Outbox
 
 MASTER = "whsec_" + base64.b64encode(b"unit-test-master-secret-32-bytes").decode()
 TTL_S = 60

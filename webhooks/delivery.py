@@ -6,12 +6,12 @@ whatever happened to its compute, and cannot be lost to a crash. Attempts run in
 worker (its own Celery queue and process), never in an encode worker, so a slow or dead receiver
 cannot slow encoding.
 
-An attempt first claims the delivery (`common.outbox`: due, not in flight elsewhere, its receiver
+An attempt first claims the delivery (`webhooks.outbox`: due, not in flight elsewhere, its receiver
 host under its cap, else deferred). Then: resolve the host and check every address
 (`common.ssrf`), connect to the checked address (no second lookup, so DNS rebinding cannot
 redirect it), never follow redirects, sign `id.timestamp.body` with HMAC-SHA256 under the
 tenant's secret (`common.webhook_secret`; `webhook-id` is the same on every retry, so receivers
-can deduplicate), all of it within `timeout_s` of wall time (`worker.webhook_http`). 2xx:
+can deduplicate), all of it within `timeout_s` of wall time (`webhooks.http`). 2xx:
 delivered. 410 Gone: failed, no retries. Anything else, a timeout or a connection error: retry
 after the next delay of the schedule (with jitter, and at least the receiver's `Retry-After` on
 429/503, clamped to the schedule's longest delay), until the schedule runs out. A delivery whose
@@ -36,14 +36,14 @@ from standardwebhooks.webhooks import Webhook
 
 from common import metrics
 from common.errors import WebhookUrlForbidden
+from common.job_store import JobStore
 from common.job_view import job_json, job_view
-from common.jobs import JobStore
-from common.outbox import Claim, Outbox
 from common.schemas import StoredJob, iso
 from common.settings import ApiKey, WebhookSettings
 from common.ssrf import Unresolvable, parse_networks, parse_url
 from common.webhook_secret import tenant_secret
-from worker.webhook_http import Answer, Poster
+from webhooks.http import Answer, Poster
+from webhooks.outbox import Claim, Outbox
 
 log = logging.getLogger(__name__)
 

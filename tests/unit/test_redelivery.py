@@ -9,9 +9,9 @@ import fakeredis
 import pytest
 
 from common import keys
-from common.jobs import AsyncJobStore, JobStore
+from common.job_store import AsyncJobStore, JobStore
 from common.schemas import EncodeMessage, JobStatus, StoredJob
-from worker.sweeper import Overdue, Sweeper, decide
+from worker.redelivery import Overdue, Redeliverer, decide
 
 MODEL = "org/model"
 
@@ -49,13 +49,13 @@ def test_overdue_jobs_are_published_again_and_rescheduled() -> None:
     store.start("job_done", 1.0)
     store.succeed("job_done", 2.0, b"v", {})
     published: list[tuple[str, str]] = []
-    sweeper = Sweeper(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w1")
+    sweeper = Redeliverer(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w1")
 
     assert sweeper.sweep(now=100.0) == 1
     assert published == [("job_lost", keys.model_queue(MODEL))]
     assert store.client.zscore(keys.PENDING_ZSET, "job_lost") == 110.0
     # Another worker in the same interval finds the sweep taken.
-    other = Sweeper(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w2")
+    other = Redeliverer(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w2")
     assert other.sweep(now=120.0) == 0
     store.client.delete(keys.SWEEP_LOCK)
     assert other.sweep(now=120.0) == 2  # job_lost again (still unfinished) and job_fresh
@@ -68,7 +68,7 @@ def test_a_job_finished_meanwhile_is_dropped_from_the_index() -> None:
     submit(server, "job_x", created_at=0.0)
     store.client.delete(keys.job_message("job_x"))  # as if expired
     published: list[str] = []
-    assert Sweeper(store, lambda m, q: published.append(m.job_id), 5.0, "w").sweep(50.0) == 0
+    assert Redeliverer(store, lambda m, q: published.append(m.job_id), 5.0, "w").sweep(50.0) == 0
     assert published == []
     assert store.client.zscore(keys.PENDING_ZSET, "job_x") is None
 
@@ -98,7 +98,7 @@ def test_a_job_its_worker_still_holds_is_not_published_again() -> None:
     submit(server, "job_slow", created_at=0.0)
     store.start("job_slow", 1.0, "w1")
     published: list[str] = []
-    sweeper = Sweeper(store, lambda m, q: published.append(m.job_id), 5.0, "w2")
+    sweeper = Redeliverer(store, lambda m, q: published.append(m.job_id), 5.0, "w2")
     assert sweeper.sweep(now=50.0) == 0
     assert published == []
     assert store.client.zscore(keys.PENDING_ZSET, "job_slow") == 60.0
@@ -121,7 +121,7 @@ def test_a_job_cancelled_while_its_worker_died_frees_its_quota() -> None:
         await aclient.aclose()
 
     asyncio.run(cancel())
-    sweeper = Sweeper(store, lambda m, q: None, 5.0, "w2")
+    sweeper = Redeliverer(store, lambda m, q: None, 5.0, "w2")
     sweeper.sweep(now=20.0)
     assert client.hget(keys.QUEUED_ITEMS, "acme") == b"1", "w1 may still compute it"
     client.delete(keys.job_hold("job_c"))  # w1 died before it noticed the cancel

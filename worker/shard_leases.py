@@ -11,16 +11,25 @@ graceful shutdown releases its leases at once.
 What changed goes to `on_change(added, removed)` (queue names), which points the Celery consumer
 at them. For a moment two workers may both consume a shard that changed hands; that is harmless,
 since the broker hands each message to one consumer.
+
+Celery fixes a worker's queues at start (`-Q`); `QueueControl` is the bootstep that hands over the
+consumer so queues can be added and cancelled while it runs. Calls from other threads (the
+heartbeat) are scheduled onto the consumer's own event loop with `call_soon`, since kombu's
+consumer is not thread-safe. Changes asked for before the consumer exists are applied when it
+starts.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis
+from celery import bootsteps
 
 from common import keys
 from common.hashing import stable_hash
@@ -109,3 +118,40 @@ class ShardLeases:
         removed = {keys.shard_queue(self._model, s) for s in before - self.held}
         if added or removed:
             self._on_change(added, removed)
+
+
+class QueueControl:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._consumer: Any = None
+        self._wanted: set[str] = set()
+
+    def change(self, added: set[str], removed: set[str]) -> None:
+        with self._lock:
+            self._wanted = (self._wanted | added) - removed
+            consumer = self._consumer
+        if consumer is None:
+            return
+        for queue in sorted(added):
+            consumer.call_soon(consumer.add_task_queue, queue)
+        for queue in sorted(removed):
+            consumer.call_soon(consumer.cancel_task_queue, queue)
+
+    def attach(self, consumer: Any) -> None:
+        with self._lock:
+            self._consumer = consumer
+            wanted = set(self._wanted)
+        for queue in sorted(wanted):
+            consumer.add_task_queue(queue)
+        log.info("consuming shard queues %s", sorted(wanted))
+
+    def bootstep(self) -> type[bootsteps.StartStopStep]:
+        control = self
+
+        class AttachQueueControl(bootsteps.StartStopStep):  # type: ignore[misc]
+            requires = {"celery.worker.consumer.tasks:Tasks"}
+
+            def start(self, c: Any) -> None:
+                control.attach(c)
+
+        return AttachQueueControl

@@ -1,4 +1,4 @@
-"""The job store's compare-and-set state machine (common/jobs.py) on fakeredis with Lua."""
+"""The job store's compare-and-set state machine (common/job_store.py) on fakeredis with Lua."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from common import keys
-from common.jobs import AsyncJobStore, JobStore, Transition, decode_job, encode_job
+from common.job_store import AsyncJobStore, JobStore, Transition, decode_job, encode_job
 from common.schemas import JobStatus, StoredJob
 
 pytestmark = pytest.mark.unit

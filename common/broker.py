@@ -1,10 +1,11 @@
 """The Celery app both sides share; putting an encode message back on its queue.
 
-Only what publisher and consumer must agree on lives here (broker, key prefix, serializer,
-visibility timeout); consumer-side reliability settings are in `worker.celery_app`.
+What publisher and consumer must agree on (broker, key prefix, serializer, visibility timeout),
+and the reliability settings every consumer uses (`make_consumer_app`: the encode workers and the
+webhook sender, which must not depend on each other).
 
 Encode jobs are not published through Celery: the gateway pushes the message onto its queue in
-the same Lua call that records the job (`common.jobs`, `common.celery_wire`).
+the same Lua call that records the job (`common.job_store`, `common.celery_wire`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def make_celery(settings: Settings) -> Celery:
             "global_keyprefix": keys.KOMBU_PREFIX,
             # An unacked message goes back to its queue after this long. It must exceed the
             # longest a reserved job can wait plus run, or a slow job is restored while its
-            # worker still holds it (the copy is then dropped uncounted: common.jobs holds).
+            # worker still holds it (the copy is then dropped uncounted: common.job_store holds).
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
@@ -37,6 +38,35 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         result_backend=None,
         task_default_queue=keys.model_queue(next(iter(settings.models))),
+    )
+    return app
+
+
+def make_consumer_app(settings: Settings) -> Celery:
+    """A Celery app configured to consume reliably (encode workers and the webhook worker)."""
+    app = make_celery(settings)
+    app.conf.update(
+        # Ack only after the job's outcome is stored: a worker that dies mid-batch leaves its
+        # messages unacked, and the broker hands them to another worker after the visibility
+        # timeout (`make_celery`). Outcome writes are compare-and-set, so a redelivered job
+        # that had already finished changes nothing. A job computed past the visibility timeout
+        # is handed out again while its worker still holds it: that copy is dropped (acked)
+        # without counting a delivery (the runner's hold check), so a slow job is neither
+        # computed twice nor dead-lettered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # Reserve no more jobs than there are task threads: a reserved job sits unacked, and
+        # should not wait behind a long queue in one worker while others are idle.
+        worker_prefetch_multiplier=1,
+        # Our own errors never reach Celery (the runner stores them as job failures); whatever
+        # does is a bug in the task itself and is acked so it cannot loop forever.
+        task_acks_on_failure_or_timeout=True,
+        # Task events off: publishing them cost ~1 ms of worker CPU and a Redis publish per job
+        # (bench/control_plane.py, floor with and without). Flower still works: it turns
+        # events on in every worker by a remote-control broadcast (its `enable_events`).
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
     )
     return app
 

@@ -1,6 +1,7 @@
-"""The gateway's routing table on a real Redis (`api/routing_table.py`): which of its own
+"""The gateway's cluster view on a real Redis (`api/cluster_view.py`): which of its own
 placements a worker's heartbeat already counts, decided on one clock for every host (Redis's),
-and the heartbeat's queue count taken atomically with that clock (`common.workers.queued_jobs`)."""
+and the heartbeat's queue count taken atomically with that clock
+(`common.heartbeats.queued_jobs`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from api.routing_table import RoutingTable
+from api.cluster_view import ClusterView
 from common import keys
+from common.heartbeats import queued_jobs, redis_time, write_heartbeat
 from common.schemas import WorkerInfo
 from common.settings import Settings
-from common.workers import queued_jobs, redis_time, write_heartbeat
 
 MODEL = "org/model"
 
@@ -56,7 +57,7 @@ def test_a_heartbeat_counts_the_placements_published_before_it_was_taken(
 
     async def scenario() -> list[int]:
         client = aioredis.Redis.from_url(redis_url)
-        table = RoutingTable(client, settings(redis_url, tmp_path))
+        table = ClusterView(client, settings(redis_url, tmp_path))
         heartbeat(r, backlog=0, backlog_at=redis_time(r.time()))
         await table.refresh()
         table.route(MODEL, "x", "j1")

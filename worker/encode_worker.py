@@ -22,32 +22,31 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from common import keys
-from common.jobs import JobStore
-from common.queueing import enqueue, publish_webhook
-from common.schemas import WorkerInfo
-from common.settings import Settings, resolve_model_path
-from common.workers import (
+from common.broker import enqueue, publish_webhook
+from common.heartbeats import (
     live_worker_ids,
     liveness_s,
     queued_jobs,
     remove_worker,
     write_heartbeat,
 )
+from common.job_store import JobStore
+from common.schemas import WorkerInfo
+from common.settings import Settings, resolve_model_path
 from worker.adapter_cache import AdapterCache
 from worker.adapter_files import AdapterRules
 from worker.adapter_sources import sources_from_settings
 from worker.batcher import Batcher
 from worker.celery_app import make_worker_app
-from worker.leases import ShardLeases
-from worker.queue_control import QueueControl
+from worker.redelivery import Redeliverer
 from worker.redis_client import connect
 from worker.runner import JobRunner
-from worker.sweeper import Sweeper
+from worker.shard_leases import QueueControl, ShardLeases
 
 log = logging.getLogger(__name__)
 
 
-class WorkerProcess:
+class EncodeWorker:
     def __init__(self, settings: Settings) -> None:
         import torch
 
@@ -102,7 +101,7 @@ class WorkerProcess:
         )
         self.app = make_worker_app(settings, self.runner)
         rs = settings.routing
-        self.sweeper = Sweeper(store, partial(enqueue, self.redis), rs.sweep_s, self.id)
+        self.redeliverer = Redeliverer(store, partial(enqueue, self.redis), rs.sweep_s, self.id)
         self._swept_at = 0.0
         self.queue_control = QueueControl()
         self.leases = ShardLeases(
@@ -177,7 +176,7 @@ class WorkerProcess:
         now = time.time()
         if self._leasing.is_set() and now - self._swept_at >= self.settings.routing.sweep_s:
             self._swept_at = now
-            self.sweeper.sweep(now)
+            self.redeliverer.sweep(now)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.worker.heartbeat_s):

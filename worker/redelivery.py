@@ -21,7 +21,7 @@ from collections.abc import Callable
 from enum import Enum
 
 from common import keys, metrics
-from common.jobs import JobStore
+from common.job_store import JobStore
 from common.schemas import EncodeMessage, JobStatus
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def decide(status: JobStatus | None, held: bool, has_message: bool) -> Overdue:
     return Overdue.SETTLE
 
 
-class Sweeper:
+class Redeliverer:
     def __init__(
         self,
         store: JobStore,

@@ -1,4 +1,4 @@
-"""The gateway's router (`api/router.py`): where a job goes, and that bounded loads hold.
+"""The gateway's router (`api/placement.py`): where a job goes, and that bounded loads hold.
 
 The router decides on loads = heartbeat backlog, corrected by its own placements after the
 heartbeat and by completions of jobs the heartbeat still counted. Tests give views a `seen_at`
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from api.router import Route, Router, WorkerView
+from api.placement import Route, Router, WorkerView
 from common import keys
 from common.hashing import stable_hash
 
@@ -289,7 +289,7 @@ def test_a_job_whose_publish_failed_comes_off() -> None:
 
 _ROUTES_SCRIPT = """
 import json
-from api.router import Router, WorkerView
+from api.placement import Router, WorkerView
 router = Router("org/model", clock=lambda: 2000.0)
 queues = lambda i: (f"jobs.org-model.{2 * i}", f"jobs.org-model.{2 * i + 1}")
 router.update([WorkerView(f"w{i}", queues(i), frozenset(), 1000, 1e3, 1e3) for i in range(5)])

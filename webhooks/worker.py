@@ -2,7 +2,7 @@
 
 A separate, light process (no model, no torch): deliveries wait on receivers for up to the
 timeout, and that waiting must never occupy an encode worker. Its thread pool bounds how many
-receivers it waits on at once, and the per-host cap (`common.outbox`) how many of those threads
+receivers it waits on at once, and the per-host cap (`webhooks.outbox`) how many of those threads
 one receiver can hold.
 """
 
@@ -19,12 +19,11 @@ from celery import Celery, signals
 from prometheus_client import start_http_server
 
 from common import keys
-from common.jobs import JobStore
-from common.outbox import Outbox
-from common.queueing import publish_webhook
+from common.broker import make_consumer_app, publish_webhook
+from common.job_store import JobStore
 from common.settings import Settings
-from worker.celery_app import make_consumer_app
-from worker.webhooks import OutboxSweeper, WebhookSender
+from webhooks.delivery import OutboxSweeper, WebhookSender
+from webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from api.router import Route, Router, WorkerView
+from api.placement import Route, Router, WorkerView
 from common import keys
 from common.errors import QueueFull
+from common.heartbeats import live_workers, redis_time
 from common.metrics import QUEUE_DEPTH, QUEUE_OLDEST_AGE
 from common.schemas import WorkerInfo
 from common.settings import Settings
-from common.workers import live_workers, redis_time
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def message_age(raw: bytes | None, now: float) -> float:
         return 0.0
 
 
-class RoutingTable:
+class ClusterView:
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self._r = client
         self._settings = settings
@@ -55,7 +55,7 @@ class RoutingTable:
     async def start(self) -> None:
         with contextlib.suppress(RedisError):
             await self.refresh()
-        self._task = asyncio.create_task(self._run(), name="loraq-routing-table")
+        self._task = asyncio.create_task(self._run(), name="loraq-cluster-view")
 
     async def stop(self) -> None:
         if self._task is not None:
