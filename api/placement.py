@@ -61,6 +61,23 @@ class Route:
     reason: str  # warm | affinity | spill | base | no-worker
 
 
+@dataclass
+class _Placed:
+    """A job this router placed and has not heard finish."""
+
+    worker: str
+    published: float  # when its message was on the queue (UNPUBLISHED until then)
+    routed: float
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A finished job that a heartbeat taken before `done` may still count."""
+
+    published: float
+    done: float
+
+
 class Router:
     def __init__(
         self, model_id: str, epsilon: float = 0.25, clock: Callable[[], float] = time.time
@@ -69,61 +86,61 @@ class Router:
         self.epsilon = epsilon
         self._clock = clock
         self._workers: list[WorkerView] = []
-        self._seen: dict[str, tuple[float, float]] = {}  # worker -> (sampled from, sampled to)
-        # job -> (worker, published at, routed at)
-        self._outstanding: dict[str, tuple[str, float, float]] = {}
-        self._after: dict[str, int] = {}  # outstanding jobs its heartbeat may not count
-        self._finished: dict[str, list[tuple[float, float]]] = {}  # (published, done) per worker
-        self._done_counted: dict[str, int] = {}  # finished jobs its heartbeat still counts
+        self._seen: dict[str, WorkerView] = {}
+        self._outstanding: dict[str, _Placed] = {}  # by job id
+        self._after: dict[str, int] = {}  # per worker: outstanding jobs its heartbeat may not count
+        self._finished: dict[str, list[_Finished]] = {}  # per worker
+        self._done_counted: dict[str, int] = {}  # per worker: finished jobs its heartbeat counts
 
     def update(self, workers: Sequence[WorkerView]) -> None:
         """A fresh snapshot of the live workers."""
         self._workers = [w for w in workers if w.queues]
-        seen = self._seen = {w.id: (w.sampled_from, w.sampled_to) for w in self._workers}
+        seen = self._seen = {w.id: w for w in self._workers}
         horizon = self._clock() - PLACEMENT_MEMORY_S
         self._outstanding = {
-            job: (wid, at, routed)
-            for job, (wid, at, routed) in self._outstanding.items()
-            if wid in seen and routed > horizon
+            job: placed
+            for job, placed in self._outstanding.items()
+            if placed.worker in seen and placed.routed > horizon
         }
         self._after = dict.fromkeys(seen, 0)
-        for wid, at, _ in self._outstanding.values():
-            if at > seen[wid][0]:
-                self._after[wid] += 1
+        for placed in self._outstanding.values():
+            if placed.published > seen[placed.worker].sampled_from:
+                self._after[placed.worker] += 1
         # Completions a heartbeat may still count: dropped once one was surely taken after them.
         self._finished = {
-            wid: [(p, d) for p, d in pairs if d >= seen[wid][0] and d > horizon]
-            for wid, pairs in self._finished.items()
+            wid: [f for f in finished if f.done >= seen[wid].sampled_from and f.done > horizon]
+            for wid, finished in self._finished.items()
             if wid in seen
         }
         self._done_counted = {
-            wid: sum(1 for p, d in pairs if p <= seen[wid][0] and d > seen[wid][1])
-            for wid, pairs in self._finished.items()
+            wid: sum(
+                1
+                for f in finished
+                if f.published <= seen[wid].sampled_from and f.done > seen[wid].sampled_to
+            )
+            for wid, finished in self._finished.items()
         }
 
     def published(self, job_id: str) -> None:
         """A job this router placed is on its queue now: heartbeats taken from here on count it."""
         placed = self._outstanding.get(job_id)
         if placed is not None:
-            wid, _, routed = placed
-            self._outstanding[job_id] = (wid, self._clock(), routed)
+            placed.published = self._clock()
 
     def complete(self, job_id: str) -> None:
         """A job this router placed has finished (the gateway hears every job's completion),
         or will never run (its publish failed)."""
         placed = self._outstanding.pop(job_id, None)
-        if placed is None:
+        if placed is None or placed.worker not in self._seen:
             return
-        wid, at, _ = placed
-        if wid not in self._seen:
-            return
+        wid = placed.worker
         now = self._clock()
-        if at > self._seen[wid][0]:
+        if placed.published > self._seen[wid].sampled_from:
             self._after[wid] -= 1
         else:  # the heartbeat in hand was taken before now, so it still counts this job
             self._done_counted[wid] = self._done_counted.get(wid, 0) + 1
         # A later heartbeat taken before `now` still counts this job: remember when it ended.
-        self._finished.setdefault(wid, []).append((at, now))
+        self._finished.setdefault(wid, []).append(_Finished(placed.published, now))
 
     def loads(self) -> dict[str, int]:
         return {
@@ -150,7 +167,7 @@ class Router:
         raise AssertionError("bounded loads: the least loaded worker is always under the cap")
 
     def _place(self, worker: WorkerView, job_id: str, key: str, reason: str) -> Route:
-        self._outstanding[job_id] = (worker.id, UNPUBLISHED, self._clock())
+        self._outstanding[job_id] = _Placed(worker.id, UNPUBLISHED, self._clock())
         self._after[worker.id] += 1
         queue = worker.queues[stable_hash(key) % len(worker.queues)]
         return Route(queue, worker.id, reason)
