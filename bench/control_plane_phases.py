@@ -127,7 +127,7 @@ class InProcessCosts:
         return round((time.process_time() - started) * 1000 / len(sample), 4)
 
     def forward_ms_per_item(self, texts: Sequence[str], batch: int = 64) -> float:
-        from worker.batcher import Row
+        from worker.engine.types import Row
 
         rows = [Row(t, None, True) for t in self.engine.tokenize(list(texts), True)]
         self.engine.encode(rows[:batch])

@@ -89,7 +89,7 @@ class InProcess:
         self.batcher.start()
 
     def _submit(self, lora_id: str | None, texts: list[str]) -> Future[Any]:
-        from worker.batcher import Row
+        from worker.engine.types import Row
 
         lease = self.cache.acquire(lora_id) if lora_id else None
         slot = lease.slot if lease else None

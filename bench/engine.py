@@ -50,10 +50,11 @@ from common.settings import (
 from worker.adapter_cache import AdapterCache
 from worker.adapter_files import AdapterRules
 from worker.adapter_sources import ChainSource, LocalDirSource
-from worker.batcher import Row, form_batches
+from worker.batcher import form_batches
 from worker.engine.engine import Engine
 from worker.engine.lora import AdapterWeights, LoraModuleWeights
 from worker.engine.packing import length_buckets
+from worker.engine.types import Row
 
 QKV_TARGETS = ("query", "key", "value")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -29,8 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.h200_model import BGE_M3_DIMS, H200Timing
-from worker.batcher import Row
 from worker.engine import engine as engine_module
+from worker.engine.types import Row
 
 #: Not a `LORAQ_` variable: the worker's settings refuse unknown ones, and this is no setting.
 LOG_ENV = "BENCH_SIM_ENGINE_LOG"

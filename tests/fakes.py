@@ -13,7 +13,7 @@ import numpy as np
 
 from common.errors import AdapterNotFound, InputTooLong
 from worker.adapter_cache import Lease
-from worker.batcher import Row
+from worker.engine.types import Row
 
 DIMS = 8
 

@@ -46,6 +46,7 @@ from worker.adapter_config import (
     shown,
 )
 from worker.engine.lora import AdapterWeights, LoraModuleWeights
+from worker.engine.types import BaseModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +59,6 @@ _IGNORED_MODULE_PREFIXES = ("pooler.",)
 #: ones stay below 100); the delta would swamp the base weights, or overflow half precision.
 MAX_SCALE = 1000.0
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-@dataclass(frozen=True)
-class ModuleShape:
-    in_features: int
-    out_features: int
-
-
-@dataclass(frozen=True)
-class BaseModelInfo:
-    """What validation needs to know of the base model."""
-
-    model_id: str
-    aliases: frozenset[str]
-    modules: dict[str, ModuleShape]  # canonical LoRA-targetable linears
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 from common import metrics
 from common.errors import EncodeFailed
 from common.settings import BatchSettings
+from worker.engine.types import Row
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,6 @@ CHECK_EVERY_S = 0.25
 
 class JobStopped(Exception):
     """The job ended elsewhere (e.g. it was cancelled): its remaining rows were not encoded."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One item to encode: its tokens, its adapter's slot (None: base model), L2 or not."""
-
-    tokens: list[int]
-    slot: int | None
-    normalize: bool
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from common.errors import LoraqError, ModelNotFound, RedeliveryLimit, WorkerErro
 from common.job_store import JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus
 from worker.adapter_cache import Lease
-from worker.batcher import JobOutput, JobStopped, Row
+from worker.batcher import JobOutput, JobStopped
+from worker.engine.types import Row
 from worker.retries import with_redis_retries
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import torch
 from common.settings import DEFAULT_MODEL_ID, BaseMismatchPolicy, resolve_model_path
 from tests.reference import peft_embeddings, save_random_adapter
 from worker.adapter_files import AdapterRules, read_adapter
-from worker.batcher import Row
 from worker.engine.engine import Engine
+from worker.engine.types import Row
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -72,8 +72,8 @@ def make_base() -> Callable[..., Any]:
 
 def base_info_for(model: Any, model_id: str = BASE_ID, aliases: tuple[str, ...] = ()) -> Any:
     """What `Engine.__init__` builds as `base_info`, from a transformers model."""
-    from worker.adapter_files import BaseModelInfo, ModuleShape
     from worker.engine.encoder import PackedEncoder
+    from worker.engine.types import BaseModelInfo, ModuleShape
 
     groups = PackedEncoder(model).lora_groups()
     return BaseModelInfo(

@@ -16,7 +16,8 @@ from common import errors
 from common.adapters import CONFIG_FILE
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.conftest import PEFT_WARNINGS, base_info_for, edit_config
-from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
+from worker.adapter_files import AdapterRules, read_adapter
+from worker.engine.types import BaseModelInfo
 
 pytestmark = [PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
 

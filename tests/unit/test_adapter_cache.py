@@ -22,8 +22,9 @@ from common.errors import AdapterNonFinite, AdapterNotFound, AdapterTensorsMisma
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.conftest import PEFT_WARNINGS, base_info_for, blocked_in, wait_until
 from worker.adapter_cache import AdapterCache, Lease, Refusals
-from worker.adapter_files import AdapterFiles, AdapterRules, BaseModelInfo, ModuleShape
+from worker.adapter_files import AdapterFiles, AdapterRules
 from worker.engine.lora import AdapterWeights, LoraModuleWeights, LoraPool
+from worker.engine.types import BaseModelInfo, ModuleShape
 
 pytestmark = [
     pytest.mark.unit,

@@ -28,7 +28,8 @@ from worker.adapter_config import (
     compile_patterns,
     parse_key,
 )
-from worker.adapter_files import AdapterRules, BaseModelInfo, read_adapter
+from worker.adapter_files import AdapterRules, read_adapter
+from worker.engine.types import BaseModelInfo
 
 pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
 

@@ -17,7 +17,8 @@ from common import errors
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
 from tests.unit.conftest import BASE_ID, PEFT_WARNINGS, edit_config
-from worker.adapter_files import MAX_SCALE, AdapterRules, BaseModelInfo, read_adapter
+from worker.adapter_files import MAX_SCALE, AdapterRules, read_adapter
+from worker.engine.types import BaseModelInfo
 
 pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
 

@@ -13,7 +13,8 @@ import pytest
 
 from common.errors import EncodeFailed
 from common.settings import BatchSettings
-from worker.batcher import Batcher, JobOutput, JobStopped, Row, form_batches
+from worker.batcher import Batcher, JobOutput, JobStopped, form_batches
+from worker.engine.types import Row
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 

@@ -17,7 +17,6 @@ import torch
 from common.settings import BaseMismatchPolicy
 from tests.unit.conftest import PEFT_WARNINGS, base_info_for
 from worker.adapter_files import AdapterRules, read_adapter
-from worker.batcher import Row
 from worker.engine.encoder import PackedEncoder
 from worker.engine.engine import Engine
 from worker.engine.lora import (
@@ -30,6 +29,7 @@ from worker.engine.lora import (
 )
 from worker.engine.packing import pack
 from worker.engine.pooling import PoolingMode, pool
+from worker.engine.types import Row
 
 pytestmark = [
     pytest.mark.unit,

@@ -18,7 +18,8 @@ from common.job_store import AsyncJobStore, JobStore, Transition
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 from common.settings import BatchSettings
 from tests.fakes import DIMS, FakeAdapters, FakeEngine
-from worker.batcher import Batcher, JobOutput, Row
+from worker.batcher import Batcher, JobOutput
+from worker.engine.types import Row
 from worker.runner import JobRunner
 
 pytestmark = pytest.mark.unit

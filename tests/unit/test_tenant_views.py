@@ -14,7 +14,8 @@ from common.job_store import JobStore, encode_job
 from common.job_view import job_view
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 from tests.fakes import FakeAdapters, FakeEngine
-from worker.batcher import JobOutput, Row
+from worker.batcher import JobOutput
+from worker.engine.types import Row
 from worker.runner import JobRunner
 
 pytestmark = pytest.mark.unit

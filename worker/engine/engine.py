@@ -13,12 +13,11 @@ import numpy as np
 import torch
 
 from common.model_files import check_not_truncated, load_tokenizer
-from worker.adapter_files import BaseModelInfo, ModuleShape
-from worker.batcher import Row
 from worker.engine.encoder import PackedEncoder
 from worker.engine.lora import AdapterWeights, LoraBatch, LoraPool, Segment
 from worker.engine.packing import pack
 from worker.engine.pooling import normalize_rows, pool, read_sentence_config
+from worker.engine.types import BaseModelInfo, ModuleShape, Row
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
