@@ -110,7 +110,7 @@ def sync(device: str) -> None:
 def random_adapter(engine: Engine, index: int, rank: int) -> AdapterWeights:
     gen = torch.Generator().manual_seed(index)
     modules = {}
-    for name, shape in engine.base_info.modules.items():
+    for name, shape in engine.base_model_info().modules.items():
         if name.rsplit(".", 1)[-1] in QKV_TARGETS:
             a = torch.randn(rank, shape.in_features, generator=gen) * 0.02
             b = torch.randn(shape.out_features, rank, generator=gen) * 0.02

@@ -34,7 +34,7 @@ from worker.eviction import UseCounts
 
 
 class SlotWriter(Protocol):
-    base_info: BaseModelInfo
+    def base_model_info(self) -> BaseModelInfo: ...
 
     def write_slot(self, slot: int, weights: AdapterWeights) -> None: ...
 
@@ -263,7 +263,7 @@ class AdapterCache:
         refusal = (lora_id, files.content_hash)
         self._refusals.check(refusal)
         try:
-            weights = build_adapter(lora_id, files, self._engine.base_info, self._rules)
+            weights = build_adapter(lora_id, files, self._engine.base_model_info(), self._rules)
         except AdapterInvalid as exc:
             self._refusals.add(refusal, exc)
             raise

@@ -54,7 +54,7 @@ def encode_mixed(
     rules = AdapterRules(64, 1 << 30, BaseMismatchPolicy.REFUSE)
     slots: dict[str | None, int | None] = {None: None}
     for slot, (lora_id, path) in enumerate(adapters.items()):
-        engine.write_slot(slot, read_adapter(lora_id, path, engine.base_info, rules))
+        engine.write_slot(slot, read_adapter(lora_id, path, engine.base_model_info(), rules))
         slots[lora_id] = slot
     tokens = engine.tokenize(TEXTS, truncate=True)
     order = [(lid, t) for t in range(len(TEXTS)) for lid in slots]  # interleaved adapters

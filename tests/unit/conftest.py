@@ -71,20 +71,12 @@ def make_base() -> Callable[..., Any]:
 
 
 def base_info_for(model: Any, model_id: str = BASE_ID, aliases: tuple[str, ...] = ()) -> Any:
-    """What `Engine.__init__` builds as `base_info`, from a transformers model."""
+    """What `Engine.base_model_info` gives for a transformers model, without a model dir."""
     from worker.engine.encoder import PackedEncoder
-    from worker.engine.types import BaseModelInfo, ModuleShape
+    from worker.engine.types import BaseModelInfo
 
-    groups = PackedEncoder(model).lora_groups()
-    return BaseModelInfo(
-        model_id=model_id,
-        aliases=frozenset({model_id, *aliases}),
-        modules={
-            name: ModuleShape(group.in_features, out)
-            for group in groups
-            for name, out in zip(group.modules, group.out_features, strict=True)
-        },
-    )
+    modules = PackedEncoder(model).target_modules()
+    return BaseModelInfo(model_id, frozenset({model_id, *aliases}), modules)
 
 
 @pytest.fixture

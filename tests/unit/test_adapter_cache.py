@@ -47,7 +47,7 @@ class FakeEngine:
     """Records slot writes; `fail` names adapters whose write raises; `gates` block writes."""
 
     def __init__(self) -> None:
-        self.base_info = BASE
+        self.base = BASE
         self.writes: list[tuple[int, str]] = []
         self.fail: set[str] = set()
         self.gates: dict[str, threading.Event] = {}
@@ -58,6 +58,9 @@ class FakeEngine:
         if weights.lora_id in self.fail:
             raise RuntimeError(f"device write failed for {weights.lora_id}")
         self.writes.append((slot, weights.lora_id))
+
+    def base_model_info(self) -> BaseModelInfo:
+        return self.base
 
 
 class FakeReader:
@@ -436,10 +439,13 @@ def test_real_adapters_into_a_lora_pool(make_adapter, make_base) -> None:
 
     class PoolWriter:
         def __init__(self) -> None:
-            self.base_info = base_info_for(base)
+            self.base = base_info_for(base)
             self.pool = LoraPool(
                 PackedEncoder(base).lora_groups(), 1, 4, torch.device("cpu"), torch.float32
             )
+
+        def base_model_info(self) -> BaseModelInfo:
+            return self.base
 
         def write_slot(self, slot: int, weights: AdapterWeights) -> None:
             self.pool.write(slot, weights)
@@ -477,7 +483,7 @@ def test_real_refusal_remembered_until_the_files_change(
     real_build = adapter_cache.build_adapter
     monkeypatch.setattr(adapter_cache, "build_adapter", counting_build)
     engine = FakeEngine()
-    engine.base_info = base_info_for(make_base())
+    engine.base = base_info_for(make_base())
     cache = AdapterCache({"org/nan": path}.__getitem__, engine, RULES, 1, 1, use_halflife=HALFLIFE)
     for _ in range(3):
         with pytest.raises(AdapterNonFinite):

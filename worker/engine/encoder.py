@@ -17,6 +17,7 @@ from torch import nn
 
 from worker.engine.lora import LoraBatch, LoraGroup
 from worker.engine.packing import AttentionBucket, PackedBatch
+from worker.engine.types import ModuleShape
 
 
 def _find_varlen_attn() -> Callable[..., Any] | None:
@@ -156,6 +157,15 @@ class PackedEncoder(nn.Module):
                 LoraGroup((p + OUTPUT,), ff, (d,)),
             ]
         return groups
+
+    def target_modules(self) -> dict[str, ModuleShape]:
+        """The linears an adapter may target, by the canonical names adapter files are checked
+        against; derived from `lora_groups`, so validation accepts exactly what the pool holds."""
+        return {
+            name: ModuleShape(group.in_features, out)
+            for group in self.lora_groups()
+            for name, out in zip(group.modules, group.out_features, strict=True)
+        }
 
     def forward(self, batch: PackedBatch, lora: LoraBatch | None = None) -> torch.Tensor:
         x = (

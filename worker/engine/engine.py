@@ -17,7 +17,7 @@ from worker.engine.encoder import PackedEncoder
 from worker.engine.lora import AdapterWeights, LoraBatch, LoraPool, Segment
 from worker.engine.packing import pack
 from worker.engine.pooling import normalize_rows, pool, read_sentence_config
-from worker.engine.types import BaseModelInfo, ModuleShape, Row
+from worker.engine.types import BaseModelInfo, Row
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,14 +62,10 @@ class Engine:
             else None
         )
         self.lora_backend = lora_backend or ("segment" if self.device.type == "cpu" else "bmm")
-        self.base_info = BaseModelInfo(
+        self._base_info = BaseModelInfo(
             model_id=model_id,
             aliases=frozenset({model_id, str(model_dir), hf.config.name_or_path}),
-            modules={
-                name: ModuleShape(group.in_features, out)
-                for group in self.pool.groups
-                for name, out in zip(group.modules, group.out_features, strict=True)
-            },
+            modules=self.encoder.target_modules(),
         )
 
     def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]:
@@ -77,6 +73,11 @@ class Engine:
         if not truncate:
             check_not_truncated(encodings, self.max_length)
         return [enc.ids for enc in encodings]
+
+    def base_model_info(self) -> BaseModelInfo:
+        """What an adapter is validated against before `write_slot` takes it: the names this
+        base model goes by and the shapes of the linears the pool can hold adapters for."""
+        return self._base_info
 
     def write_slot(self, slot: int, weights: AdapterWeights) -> None:
         """Runs in a loader thread; on a GPU the copy has its own stream, so it overlaps the
