@@ -28,7 +28,6 @@ from common.schemas import (
     StoredJob,
     TokenIds,
     WebhookSpec,
-    validate_lora_id,
 )
 from common.ssrf import Target, parse_url
 
@@ -55,8 +54,6 @@ def validate(gw: Gateway, model: str, request: EncodeRequest) -> None:
             raise InputTooLong(
                 f"item {i} has {len(item.text)} characters; the limit is {s.limits.max_text_chars}"
             )
-    if request.params.options.lora_id is not None:
-        validate_lora_id(request.params.options.lora_id)
 
 
 def webhook_target(gw: Gateway, who: Caller, webhook: WebhookSpec) -> Target:
@@ -139,7 +136,8 @@ async def submit(
         webhook_events=" ".join(webhook.events) if webhook else None,
         tenant=who.tenant,
     )
-    message = EncodeMessage(
+    # Built from fields validated at the boundary (the request body): not validated again.
+    message = EncodeMessage.model_construct(
         job_id=job.id,
         model=model,
         lora_id=options.lora_id,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.schemas import validate_lora_id
-
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 
 
 def adapter_path(root: Path, lora_id: str) -> Path:
-    return root / validate_lora_id(lora_id)
+    return root / lora_id
 
 
 def exists_locally(root: Path, lora_id: str) -> bool:

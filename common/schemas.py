@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from common.errors import InvalidLoraId
 
@@ -28,6 +28,12 @@ def validate_lora_id(lora_id: str) -> str:
             "digits, '.', '_' and '-', each part starting with a letter or digit"
         )
     return lora_id
+
+
+#: An adapter id, checked where it enters (an HTTP body, a queue message), so code behind those
+#: boundaries (adapter paths, Hub repo ids, S3 keys) takes it as safe. Not a ValueError: the
+#: check's own error passes through pydantic, so the caller answers `INVALID_LORA_ID`.
+LoraId = Annotated[str, AfterValidator(validate_lora_id)]
 
 
 class JobStatus(StrEnum):
@@ -64,7 +70,7 @@ class EncodeOptions(BaseModel):
     # SIE ignores option keys it does not know (e.g. `is_query`); so do we.
     model_config = ConfigDict(extra="ignore")
 
-    lora_id: str | None = None
+    lora_id: LoraId | None = None
     normalize: bool | None = None
     truncate: bool = True
 
@@ -146,7 +152,7 @@ class EncodeMessage(BaseModel):
     v: Literal[1] = 1
     job_id: str
     model: str
-    lora_id: str | None
+    lora_id: LoraId | None
     texts: list[str]
     normalize: bool | None
     truncate: bool

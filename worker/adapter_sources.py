@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE, adapter_path, exists_locally
 from common.errors import AdapterNotFound, AdapterOutsideDir, AdapterSourceUnavailable
-from common.schemas import validate_lora_id
 from common.settings import AdapterSettings
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class HubSource:
 
         try:
             path = snapshot_download(
-                repo_id=validate_lora_id(lora_id),
+                repo_id=lora_id,
                 allow_patterns=list(ADAPTER_FILES),
                 cache_dir=self.cache_dir,
                 endpoint=self.endpoint,
@@ -145,7 +144,7 @@ class S3Source:
         return self._client
 
     def _key(self, lora_id: str, name: str) -> str:
-        return "/".join(p for p in (self.prefix, validate_lora_id(lora_id), name) if p)
+        return "/".join(p for p in (self.prefix, lora_id, name) if p)
 
     def _etags(self, lora_id: str) -> dict[str, str] | None:
         etags = {}
@@ -163,7 +162,7 @@ class S3Source:
         etags = self._etags(lora_id)
         if etags is None:
             return None
-        target = self.cache_dir / validate_lora_id(lora_id)
+        target = self.cache_dir / lora_id
         stamp = target / ".etags.json"
         if stamp.is_file() and json.loads(stamp.read_text()) == etags:
             return contained(self.cache_dir, target, lora_id)

@@ -31,6 +31,7 @@ from common.schemas import (
     EncodeParams,
     EncodeRequest,
     Item,
+    LoraId,
     validate_lora_id,
 )
 
@@ -48,7 +49,7 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
-    lora_id: str | None = None
+    lora_id: LoraId | None = None
 
 
 def split_model(model: str, lora_id: str | None, known: set[str]) -> tuple[str, str | None]:
@@ -106,7 +107,7 @@ async def embeddings(request: Request, gw: GatewayDep, who: CallerDep) -> Respon
     texts = [body.input] if isinstance(body.input, str) else body.input
     encode = EncodeRequest(
         items=[Item(text=t) for t in texts],
-        params=EncodeParams(options=EncodeOptions(lora_id=lora_id)),
+        params=EncodeParams(options=EncodeOptions.model_construct(lora_id=lora_id)),
     )
     done, result = await submit_and_wait(gw, who, model, encode)
     matrix = shorten(vectors(done, result), body.dimensions)

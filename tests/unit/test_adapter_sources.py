@@ -39,8 +39,6 @@ def test_local_and_chain_sources(tmp_path: Path) -> None:
     assert chain.fetch("org/name") == root / "org" / "name"
     with pytest.raises(errors.AdapterNotFound):
         chain.fetch("org/missing")
-    with pytest.raises(errors.InvalidLoraId):
-        chain.fetch("../etc")
 
 
 def hub_cache(root: Path, repo_id: str, revision: str = "a" * 40) -> Path:
@@ -59,8 +57,6 @@ def test_hub_source_serves_from_its_cache(tmp_path: Path) -> None:
     assert found.resolve() == snapshot.resolve()
     assert (found / "adapter_model.safetensors").read_bytes() == b"weights"
     assert source.fetch("org/not-cached") is None
-    with pytest.raises(errors.InvalidLoraId):
-        source.fetch("../../etc")
 
 
 class LocalBucket:

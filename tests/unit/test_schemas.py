@@ -9,7 +9,6 @@ import pytest
 from pydantic import ValidationError
 
 from common import keys
-from common.adapters import adapter_path
 from common.errors import InvalidLoraId
 from common.schemas import (
     EncodeMessage,
@@ -79,12 +78,6 @@ def test_invalid_lora_id_message_is_bounded() -> None:
     with pytest.raises(InvalidLoraId) as info:
         validate_lora_id("x/" * 10_000)
     assert len(info.value.message) < 500
-
-
-def test_adapter_path_stays_under_root(tmp_path: Any) -> None:
-    assert adapter_path(tmp_path, "org/name") == tmp_path / "org" / "name"
-    with pytest.raises(InvalidLoraId):
-        adapter_path(tmp_path, "../outside")
 
 
 SIE_BODY: dict[str, Any] = {
@@ -181,6 +174,22 @@ def test_encode_message_is_strict() -> None:
         EncodeMessage.model_validate({**message, "extra": 1})
     with pytest.raises(ValidationError):
         EncodeMessage.model_validate({**message, "v": 2})
+
+
+@pytest.mark.parametrize("lora_id", ["../etc", "org/../../etc", "/abs", "a\\b"])
+def test_lora_ids_are_checked_where_they_enter(lora_id: str) -> None:
+    """Adapter sources build paths, repo ids and keys from a lora_id unchecked: a request body
+    and a queue message are where a bad one must stop, with its own error code."""
+    message = {
+        "job_id": "job_1", "model": "m", "lora_id": lora_id, "texts": ["a"], "normalize": None,
+        "truncate": True, "enqueued_at": 1.0,
+    }  # fmt: skip
+    with pytest.raises(InvalidLoraId):
+        EncodeMessage.model_validate(message)
+    with pytest.raises(InvalidLoraId):
+        EncodeRequest.model_validate(
+            {"items": [{"text": "a"}], "params": {"options": {"lora_id": lora_id}}}
+        )
 
 
 def test_terminal_statuses() -> None:
