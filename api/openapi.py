@@ -19,7 +19,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from common.schemas import ErrorBody, JobLinks, JobStatus
+from api.models import ErrorBody, JobLinks
+from common.schemas import JobStatus
 from common.settings import AuthMode, Settings
 
 REF = "#/components/schemas/{model}"

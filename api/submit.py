@@ -7,6 +7,7 @@ import time
 
 from api.auth import Caller
 from api.errors import error_for_code
+from api.models import EncodeRequest, WebhookSpec
 from api.state import Gateway
 from common.adapters import exists_locally
 from common.errors import (
@@ -21,14 +22,7 @@ from common.errors import (
     WorkerError,
 )
 from common.metrics import JOBS_SUBMITTED
-from common.schemas import (
-    EncodeMessage,
-    EncodeRequest,
-    JobStatus,
-    StoredJob,
-    TokenIds,
-    WebhookSpec,
-)
+from common.schemas import EncodeMessage, JobStatus, StoredJob, TokenIds
 from common.ssrf import Target, parse_url
 
 

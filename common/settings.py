@@ -14,7 +14,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.schemas import MAX_ITEMS_CEILING
 from common.webhook_secret import master_key
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -22,6 +21,11 @@ DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 CLIENT_ENV = frozenset({"LORAQ_URL", "LORAQ_API_KEY"})
 #: Model paths of this form resolve to a model shipped inside an installed Python package.
 BUNDLED_PREFIX = "bundled:"
+
+
+#: No request holds more items than this, whatever `LimitSettings.max_items_per_job` says (that
+#: setting is checked first, on the raw body, and cannot be set higher).
+MAX_ITEMS_CEILING = 65_536
 
 
 class _Section(BaseModel):

@@ -20,20 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.body import parse_body
 from api.deps import CallerDep, GatewayDep
+from api.models import MAX_MODEL_CHARS, EncodeOptions, EncodeParams, EncodeRequest, Item
 from api.openapi import error_responses, request_body
 from api.submit import submit_and_wait
 from common.errors import InvalidInput, ModelNotFound
 from common.job_view import vectors
-from common.schemas import (
-    MAX_ITEMS_CEILING,
-    MAX_MODEL_CHARS,
-    EncodeOptions,
-    EncodeParams,
-    EncodeRequest,
-    Item,
-    LoraId,
-    validate_lora_id,
-)
+from common.schemas import LoraId, validate_lora_id
+from common.settings import MAX_ITEMS_CEILING
 
 router = APIRouter(tags=["openai"])
 

@@ -15,10 +15,10 @@ from pydantic import BaseModel
 
 from api.body import MSGPACK_TYPES, parse_body
 from api.deps import CallerDep, GatewayDep
+from api.models import EncodeRequest
 from api.openapi import REF, Timing, error_responses, request_body
 from api.render import sie_response
 from api.submit import submit_and_wait
-from common.schemas import EncodeRequest
 
 router = APIRouter(tags=["encode"])
 

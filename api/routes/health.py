@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from api.deps import GatewayDep
+from api.models import ErrorInfo
 from common.heartbeats import live_workers
-from common.schemas import ErrorInfo
 
 router = APIRouter(tags=["health"])
 

@@ -13,13 +13,14 @@ from api.auth import Caller
 from api.body import parse_body
 from api.deps import CallerDep, GatewayDep
 from api.idempotency import MAX_KEY_LENGTH, body_digest
+from api.models import JobCreated, JobRequest
 from api.openapi import JobView, error_responses, request_body
 from api.state import Gateway
 from api.submit import new_job_id, submit
 from common.errors import JobNotCancellable, JobNotFound
 from common.job_view import job_json, job_view
 from common.metrics import JOBS_FINISHED
-from common.schemas import JobCreated, JobRequest, StoredJob, iso
+from common.schemas import StoredJob, iso
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -20,9 +20,9 @@ import pytest
 from api import body
 from api.body import check_items, json_values, msgpack_values, parse, value_budget
 from api.errors import describe_validation
+from api.models import JobRequest
 from api.routes.embeddings import EmbeddingsRequest
 from common.errors import BodyTooLarge, InvalidInput, InvalidJson, NoItems, TooManyItems
-from common.schemas import JobRequest
 from common.settings import LimitSettings
 
 MiB = 1024 * 1024

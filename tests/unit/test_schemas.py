@@ -8,15 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from api.models import EncodeRequest, JobRequest
 from common import keys
 from common.errors import InvalidLoraId
-from common.schemas import (
-    EncodeMessage,
-    EncodeRequest,
-    JobRequest,
-    JobStatus,
-    validate_lora_id,
-)
+from common.schemas import EncodeMessage, JobStatus, validate_lora_id
 
 pytestmark = pytest.mark.unit
 
