@@ -115,21 +115,23 @@ class InProcessCosts:
         import torch
 
         from worker.engine.engine import Engine
+        from worker.tokenizing import WorkerTokenizer
 
         torch.set_num_threads(1)  # as the benchmark's worker (LORAQ_WORKER__TORCH_THREADS)
         self.engine = Engine(DEFAULT_MODEL_ID, model_dir)
+        self.tokenizer = WorkerTokenizer(DEFAULT_MODEL_ID, model_dir, self.engine.default_normalize)
 
     def tokenize_ms_per_job(self, payloads: Sequence[Payload]) -> float:
         sample = payloads[:200]
         started = time.process_time()
         for _, texts in sample:
-            self.engine.tokenize(texts, True)
+            self.tokenizer.tokenize(texts, True)
         return round((time.process_time() - started) * 1000 / len(sample), 4)
 
     def forward_ms_per_item(self, texts: Sequence[str], batch: int = 64) -> float:
         from worker.engine.types import Row
 
-        rows = [Row(t, None, True) for t in self.engine.tokenize(list(texts), True)]
+        rows = [Row(t, None, True) for t in self.tokenizer.tokenize(list(texts), True)]
         self.engine.encode(rows[:batch])
         started = time.process_time()
         for i in range(0, len(rows), batch):

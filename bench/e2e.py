@@ -75,8 +75,10 @@ class InProcess:
         from worker.adapter_sources import ChainSource, LocalDirSource
         from worker.batcher import Batcher
         from worker.engine.engine import Engine
+        from worker.tokenizing import WorkerTokenizer
 
         self.engine = Engine(DEFAULT_MODEL_ID, model_dir)
+        self.tokenizer = WorkerTokenizer(DEFAULT_MODEL_ID, model_dir, self.engine.default_normalize)
         self.cache = AdapterCache(
             ChainSource([LocalDirSource(adapter_dir)]).fetch,
             self.engine,
@@ -94,7 +96,7 @@ class InProcess:
         lease = self.cache.acquire(lora_id) if lora_id else None
         slot = lease.slot if lease else None
         future = self.batcher.submit(
-            [Row(t, slot, True) for t in self.engine.tokenize(texts, True)]
+            [Row(t, slot, True) for t in self.tokenizer.tokenize(texts, True)]
         )
         if lease is not None:
             future.add_done_callback(lambda _: self.cache.release(lease))

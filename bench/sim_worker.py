@@ -6,14 +6,14 @@ task threads, tokenizer, adapter cache, batcher, leases, heartbeats), configured
 from outside, by `SimulatedH200Engine`. Nothing in the production code or its settings can turn the
 stand-in on: it exists only in this launcher.
 
-The stand-in loads the configured (tiny) model for everything but the forward: its tokenizer (so
-tokenizing costs what it costs), its adapter slots and base-model description (so adapters load
-and lease as usual). Its forward sleeps for the time an H200 needs for that batch
-(`bench.h200_model`; `time.sleep` releases the GIL, as waiting on CUDA does; a sleep that a
-loaded machine ends late is made up by the next one) and returns float32 vectors of bge-m3's
-width. Only the worker's batch thread calls `encode`. With `BENCH_SIM_ENGINE_LOG` set, each
-forward appends one line to that file: wall-clock start and end, modelled seconds, rows, padded
-tokens, adapters (0/1).
+The stand-in loads the configured (tiny) model for everything but the forward: its adapter slots
+and base-model description (so adapters load and lease as usual); the worker's tokenizer is not
+the engine's, so it is untouched and tokenizing costs what it costs. Its forward sleeps for the
+time an H200 needs for that batch (`bench.h200_model`; `time.sleep` releases the GIL, as waiting
+on CUDA does; a sleep that a loaded machine ends late is made up by the next one) and returns
+float32 vectors of bge-m3's width. Only the worker's batch thread calls `encode`. With
+`BENCH_SIM_ENGINE_LOG` set, each forward appends one line to that file: wall-clock start and end,
+modelled seconds, rows, padded tokens, adapters (0/1).
 """
 
 from __future__ import annotations

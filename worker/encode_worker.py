@@ -42,6 +42,7 @@ from worker.redelivery import Redeliverer
 from worker.redis_client import connect
 from worker.runner import JobRunner
 from worker.shard_leases import QueueControl, ShardLeases
+from worker.tokenizing import WorkerTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,10 @@ class EncodeWorker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.shared_queue = keys.model_queue(ws.model)
         self.started_at = time.time()
+        model_dir = resolve_model_path(settings.models[ws.model])
         self.engine = Engine(
             ws.model,
-            resolve_model_path(settings.models[ws.model]),
+            model_dir,
             device=ws.device,
             dtype=ws.dtype,
             n_slots=settings.adapters.gpu_slots,
@@ -92,7 +94,7 @@ class EncodeWorker:
         )
         self.runner = JobRunner(
             store,
-            self.engine,
+            WorkerTokenizer(ws.model, model_dir, self.engine.default_normalize),
             self.cache,
             self.batcher.submit,
             settings.routing.max_deliveries,

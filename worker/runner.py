@@ -64,7 +64,7 @@ class JobRunner:
     def __init__(
         self,
         store: JobStore,
-        engine: Tokenizer,
+        tokenizer: Tokenizer,
         adapters: Leases,
         submit: Callable[[Sequence[Row], str], Future[JobOutput]],
         max_deliveries: int = 3,
@@ -75,7 +75,7 @@ class JobRunner:
         self.worker_id = worker_id
         self._on_webhook_due = on_webhook_due
         self._store = store
-        self._engine = engine
+        self._tokenizer = tokenizer
         self._adapters = adapters
         self._submit = submit
         self._max_deliveries = max_deliveries
@@ -220,21 +220,21 @@ class JobRunner:
         """The gateway's token ids when this worker's tokenizer would have made the same ones
         (they were checked for length there), else the texts tokenized here."""
         ids = message.token_ids
-        if ids is not None and ids.tokenizer == self._engine.tokenizer_id:
+        if ids is not None and ids.tokenizer == self._tokenizer.tokenizer_id:
             try:
                 return token_ids.unpack(ids, len(message.texts))
             except ValueError as exc:
                 log.warning("job %s: unusable token ids (%s); tokenizing", message.job_id, exc)
-        return self._engine.tokenize(message.texts, message.truncate)
+        return self._tokenizer.tokenize(message.texts, message.truncate)
 
     def _compute(self, message: EncodeMessage) -> tuple[JobOutput, Lease | None]:
-        if message.model != self._engine.model_id:
+        if message.model != self._tokenizer.model_id:
             raise ModelNotFound(
-                f"this worker serves {self._engine.model_id!r}, not {message.model!r}"
+                f"this worker serves {self._tokenizer.model_id!r}, not {message.model!r}"
             )
         tokens = self._tokens(message)
         normalize = (
-            self._engine.default_normalize if message.normalize is None else message.normalize
+            self._tokenizer.default_normalize if message.normalize is None else message.normalize
         )
         lease = self._adapters.acquire(message.lora_id) if message.lora_id else None
         try:

@@ -14,6 +14,7 @@ from tests.reference import peft_embeddings, save_random_adapter
 from worker.adapter_files import AdapterRules, read_adapter
 from worker.engine.engine import Engine
 from worker.engine.types import Row
+from worker.tokenizing import WorkerTokenizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -56,7 +57,8 @@ def encode_mixed(
     for slot, (lora_id, path) in enumerate(adapters.items()):
         engine.write_slot(slot, read_adapter(lora_id, path, engine.base_model_info(), rules))
         slots[lora_id] = slot
-    tokens = engine.tokenize(TEXTS, truncate=True)
+    tokenizer = WorkerTokenizer(DEFAULT_MODEL_ID, model_dir, engine.default_normalize)
+    tokens = tokenizer.tokenize(TEXTS, truncate=True)
     order = [(lid, t) for t in range(len(TEXTS)) for lid in slots]  # interleaved adapters
     out = engine.encode([Row(tokens[t], slots[lid], True) for lid, t in order])
     return {lid: out[[i for i, (l2, _) in enumerate(order) if l2 == lid]] for lid in slots}

@@ -1,8 +1,9 @@
-"""The encoding engine: tokenize, then one forward pass for rows of any mix of adapters.
+"""The encoding engine: rows of token ids in, float32 vectors out, one forward pass for rows of
+any mix of adapters.
 
-Split as tokenize (CPU, called from task threads, so it overlaps the forward of the previous
-batch) / encode (the forward pass, called from the single batch thread) / slot writes (from the
-adapter cache), so the batch thread does nothing but compute.
+Tokenizing is the worker's (`worker.tokenizing`, in task threads) and slot writes come from the
+adapter cache's loader threads, so the single batch thread that calls `encode` does nothing but
+compute.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.model_files import check_not_truncated, load_tokenizer
 from worker.engine.encoder import PackedEncoder
 from worker.engine.lora import AdapterWeights, LoraBatch, LoraPool, Segment
 from worker.engine.packing import pack
@@ -49,12 +49,6 @@ class Engine:
         self.pooling = sentence.pooling
         self.default_normalize = sentence.normalize
         self.dims = self.encoder.hidden_size
-        loaded = load_tokenizer(model_dir)
-        self.tokenizer, self.max_length, self.tokenizer_id = (
-            loaded.tokenizer,
-            loaded.limit,
-            loaded.id,
-        )
         self.pool = LoraPool(self.encoder.lora_groups(), n_slots, max_rank, self.device, self.dtype)
         self._copy_stream = (
             torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
@@ -67,12 +61,6 @@ class Engine:
             aliases=frozenset({model_id, str(model_dir), hf.config.name_or_path}),
             modules=self.encoder.target_modules(),
         )
-
-    def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]:
-        encodings = self.tokenizer.encode_batch(texts)
-        if not truncate:
-            check_not_truncated(encodings, self.max_length)
-        return [enc.ids for enc in encodings]
 
     def base_model_info(self) -> BaseModelInfo:
         """What an adapter is validated against before `write_slot` takes it: the names this
