@@ -322,7 +322,7 @@ class JobStore:
         redeliver_after_s: float = 300,
         hold_ttl_s: float = 6.0,
     ) -> None:
-        self.client = client
+        self._r = client
         self.ttl_s = ttl_s
         self.redeliver_after_s = redeliver_after_s
         self.hold_ttl_s = hold_ttl_s
@@ -335,7 +335,7 @@ class JobStore:
         return _transition_result(op, self._script(keys=op[0], args=op[1]))
 
     def get(self, job_id: str) -> StoredJob | None:
-        raw = self.client.hgetall(keys.job(job_id))
+        raw = self._r.hgetall(keys.job(job_id))
         return decode_job(raw) if raw else None
 
     def start(self, job_id: str, now: float, worker: str = "") -> Transition:
@@ -345,7 +345,7 @@ class JobStore:
     def renew_holds(self, job_ids: Sequence[str], worker: str) -> None:
         """The holder's heartbeat: its holds live on while it works on the jobs."""
         ttl_ms = max(1, int(self.hold_ttl_s * 1000))
-        with self.client.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 self._renew_hold(keys=[keys.job_hold(job_id)], args=[worker, ttl_ms], client=pipe)
             pipe.execute()
@@ -360,7 +360,7 @@ class JobStore:
     def ended(self, job_ids: Sequence[str]) -> set[str]:
         """Those of `job_ids` no longer queued or running (cancelled, finished by another
         delivery, or gone): computing them further is wasted."""
-        with self.client.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(keys.job(job_id), "status")
             statuses = pipe.execute()
@@ -374,7 +374,7 @@ class JobStore:
     def redelivery_state(self, job_id: str) -> tuple[JobStatus | None, bool, bytes | None]:
         """What the sweeper decides on: the job's status, whether a live worker holds it, and
         the copy of its message (None once terminal)."""
-        with self.client.pipeline(transaction=False) as pipe:
+        with self._r.pipeline(transaction=False) as pipe:
             pipe.hget(keys.job(job_id), "status")
             pipe.exists(keys.job_hold(job_id))
             pipe.get(keys.job_message(job_id))
@@ -387,31 +387,31 @@ class JobStore:
 
     def take_sweep(self, worker: str, interval_ms: int) -> bool:
         """This interval's redelivery sweep for `worker`, unless another worker has it."""
-        return bool(self.client.set(keys.SWEEP_LOCK, worker, nx=True, px=interval_ms))
+        return bool(self._r.set(keys.SWEEP_LOCK, worker, nx=True, px=interval_ms))
 
     def dead_letter(self, entry: str, keep: int) -> None:
         """Add `entry` to the dead-letter list, which keeps the `keep` most recent."""
-        with self.client.pipeline(transaction=True) as pipe:
+        with self._r.pipeline(transaction=True) as pipe:
             pipe.lpush(keys.DEAD_LETTER, entry)
             pipe.ltrim(keys.DEAD_LETTER, 0, keep - 1)
             pipe.execute()
 
     def get_result(self, job_id: str) -> bytes | None:
-        return _bytes(self.client.get(keys.job_result(job_id)))
+        return _bytes(self._r.get(keys.job_result(job_id)))
 
     def overdue(self, now: float, limit: int) -> list[str]:
         """Unfinished jobs whose redelivery deadline has passed."""
-        ids = self.client.zrangebyscore(keys.PENDING_ZSET, "-inf", now, start=0, num=limit)
+        ids = self._r.zrangebyscore(keys.PENDING_ZSET, "-inf", now, start=0, num=limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     def stored_message(self, job_id: str) -> bytes | None:
-        return _bytes(self.client.get(keys.job_message(job_id)))
+        return _bytes(self._r.get(keys.job_message(job_id)))
 
     def reschedule(self, job_id: str, at: float) -> None:
-        self.client.zadd(keys.PENDING_ZSET, {job_id: at}, xx=True)
+        self._r.zadd(keys.PENDING_ZSET, {job_id: at}, xx=True)
 
     def forget(self, job_id: str) -> None:
-        self.client.zrem(keys.PENDING_ZSET, job_id)
+        self._r.zrem(keys.PENDING_ZSET, job_id)
 
     def record_webhook(
         self, job_id: str, fields: Mapping[str, object], next_attempt_at: float | None, keep_s: int

@@ -105,13 +105,14 @@ class WebhookSender:
     def __init__(
         self,
         store: JobStore,
+        outbox: Outbox,
         settings: WebhookSettings,
         tenant_keys: Sequence[ApiKey] = (),
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self._store = store
-        self._outbox = Outbox(store.client)
+        self._outbox = outbox
         self._settings = settings
         self._tenant_keys = tuple(tenant_keys)
         self._signers: dict[str, Webhook | None] = {}

@@ -43,10 +43,11 @@ class WebhookWorker:
         self.settings = settings
         self.redis = redis.Redis.from_url(settings.redis_url)
         store = JobStore(self.redis, settings.result_ttl_s)
-        self.sender = WebhookSender(store, settings.webhooks, settings.auth.keys)
+        outbox = Outbox(self.redis)
+        self.sender = WebhookSender(store, outbox, settings.webhooks, settings.auth.keys)
         self.app = make_webhook_app(settings, self.sender)
         publish = partial(publish_webhook, self.app)
-        self.sweeper = OutboxSweeper(Outbox(self.redis), publish, self.sender.lease_s)
+        self.sweeper = OutboxSweeper(outbox, publish, self.sender.lease_s)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sweep_loop, name="loraq-outbox", daemon=True)
 

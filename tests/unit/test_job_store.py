@@ -380,7 +380,9 @@ def test_round_trip_through_redis(store: JobStore, client: fakeredis.FakeRedis) 
     assert store.get("job_1") == job
 
 
-def test_pending_deadlines_follow_the_job(server: fakeredis.FakeServer, store: JobStore) -> None:
+def test_pending_deadlines_follow_the_job(
+    server: fakeredis.FakeServer, client: fakeredis.FakeRedis, store: JobStore
+) -> None:
     """Submit puts the job and a copy of its message under a redelivery deadline; each start
     moves the deadline; the terminal write removes both."""
 
@@ -390,7 +392,6 @@ def test_pending_deadlines_follow_the_job(server: fakeredis.FakeServer, store: J
         await aclient.aclose()
 
     asyncio.run(create())
-    client = store.client
     created = _job("job_p").created_at
     assert client.zscore(keys.PENDING_ZSET, "job_p") == created + 30
     assert store.stored_message("job_p") == b"msg"

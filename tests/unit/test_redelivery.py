@@ -42,7 +42,8 @@ def submit(
 
 def test_overdue_jobs_are_published_again_and_rescheduled() -> None:
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60, redeliver_after_s=10)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60, redeliver_after_s=10)
     submit(server, "job_lost", created_at=0.0)
     submit(server, "job_fresh", created_at=95.0)
     submit(server, "job_done", created_at=0.0)
@@ -53,24 +54,25 @@ def test_overdue_jobs_are_published_again_and_rescheduled() -> None:
 
     assert sweeper.sweep(now=100.0) == 1
     assert published == [("job_lost", keys.model_queue(MODEL))]
-    assert store.client.zscore(keys.PENDING_ZSET, "job_lost") == 110.0
+    assert r.zscore(keys.PENDING_ZSET, "job_lost") == 110.0
     # Another worker in the same interval finds the sweep taken.
     other = Redeliverer(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w2")
     assert other.sweep(now=120.0) == 0
-    store.client.delete(keys.SWEEP_LOCK)
+    r.delete(keys.SWEEP_LOCK)
     assert other.sweep(now=120.0) == 2  # job_lost again (still unfinished) and job_fresh
     assert sweeper.republished + other.republished == 3
 
 
 def test_a_job_finished_meanwhile_is_dropped_from_the_index() -> None:
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60, redeliver_after_s=10)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60, redeliver_after_s=10)
     submit(server, "job_x", created_at=0.0)
-    store.client.delete(keys.job_message("job_x"))  # as if expired
+    r.delete(keys.job_message("job_x"))  # as if expired
     published: list[str] = []
     assert Redeliverer(store, lambda m, q: published.append(m.job_id), 5.0, "w").sweep(50.0) == 0
     assert published == []
-    assert store.client.zscore(keys.PENDING_ZSET, "job_x") is None
+    assert r.zscore(keys.PENDING_ZSET, "job_x") is None
 
 
 @pytest.mark.parametrize(
@@ -94,16 +96,17 @@ def test_a_job_its_worker_still_holds_is_not_published_again() -> None:
     (which would be computed twice and counted as a redelivery). Once its worker is gone, it is
     published again."""
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60, redeliver_after_s=10)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60, redeliver_after_s=10)
     submit(server, "job_slow", created_at=0.0)
     store.start("job_slow", 1.0, "w1")
     published: list[str] = []
     sweeper = Redeliverer(store, lambda m, q: published.append(m.job_id), 5.0, "w2")
     assert sweeper.sweep(now=50.0) == 0
     assert published == []
-    assert store.client.zscore(keys.PENDING_ZSET, "job_slow") == 60.0
-    store.client.delete(keys.job_hold("job_slow"))  # w1 died: its hold lapsed
-    store.client.delete(keys.SWEEP_LOCK)
+    assert r.zscore(keys.PENDING_ZSET, "job_slow") == 60.0
+    r.delete(keys.job_hold("job_slow"))  # w1 died: its hold lapsed
+    r.delete(keys.SWEEP_LOCK)
     assert sweeper.sweep(now=61.0) == 1
     assert published == ["job_slow"]
 

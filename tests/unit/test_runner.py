@@ -90,7 +90,8 @@ def test_a_duplicate_of_a_job_a_live_worker_holds_is_dropped_without_counting() 
     """The broker's visibility timeout and the sweeper send a slow job again while w1 still
     computes it: w2 drops each copy, counting no delivery. Once w1 is gone, a copy counts."""
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60)
     payload = record(server, "j1").model_dump()
     store.start("j1", 1.0, "w1")
     duplicate_taker = JobRunner(store, FakeEngine(), FakeAdapters([]), never_submit, 1, "w2")
@@ -100,7 +101,7 @@ def test_a_duplicate_of_a_job_a_live_worker_holds_is_dropped_without_counting() 
     assert job is not None
     assert (job.status, job.attempts, job.worker) == (JobStatus.RUNNING, 1, "w1")
 
-    store.client.delete(keys.job_hold("j1"))  # w1 died: its hold lapsed
+    r.delete(keys.job_hold("j1"))  # w1 died: its hold lapsed
     JobRunner(store, FakeEngine(), FakeAdapters([]), encoded, 3, "w2").handle(payload)
     job = store.get("j1")
     assert job is not None
@@ -109,10 +110,11 @@ def test_a_duplicate_of_a_job_a_live_worker_holds_is_dropped_without_counting() 
 
 def test_the_dead_letter_says_what_happened() -> None:
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60)
     payload = record(server, "j1").model_dump()
     store.start("j1", 1.0, "w1")
-    store.client.delete(keys.job_hold("j1"))  # w1 died on it
+    r.delete(keys.job_hold("j1"))  # w1 died on it
     JobRunner(store, FakeEngine(), FakeAdapters([]), never_submit, 1, "w2").handle(payload)
     job = store.get("j1")
     assert job is not None
@@ -126,7 +128,8 @@ def test_a_job_cancelled_while_it_computes_stops_and_then_frees_its_quota() -> N
     """The cancel lands during the job's first batch: its other rows are never encoded, its
     items stay counted until the runner has stopped, and then leave the tenant's quota."""
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60)
     payload = record(server, "j1", texts=8).model_dump()
     engine = FakeEngine()
     seen: list[tuple[list[str], bytes | str | None]] = []
@@ -138,7 +141,7 @@ def test_a_job_cancelled_while_it_computes_stops_and_then_frees_its_quota() -> N
             await client.aclose()
 
         asyncio.run(cancel())
-        seen.append((runner.holding(), store.client.hget(keys.QUEUED_ITEMS, "acme")))
+        seen.append((runner.holding(), r.hget(keys.QUEUED_ITEMS, "acme")))
         return engine.encode(rows)
 
     batcher = Batcher(
@@ -156,9 +159,9 @@ def test_a_job_cancelled_while_it_computes_stops_and_then_frees_its_quota() -> N
     job = store.get("j1")
     assert job is not None
     assert job.status is JobStatus.CANCELLED
-    assert store.client.hget(keys.QUEUED_ITEMS, "acme") == b"0"
-    assert store.client.exists(keys.job_hold("j1")) == 0
-    assert store.client.zscore(keys.PENDING_ZSET, "j1") is None
+    assert r.hget(keys.QUEUED_ITEMS, "acme") == b"0"
+    assert r.exists(keys.job_hold("j1")) == 0
+    assert r.zscore(keys.PENDING_ZSET, "j1") is None
     assert runner.holding() == []
 
 
@@ -167,7 +170,8 @@ def test_the_gateways_token_ids_are_used_only_under_this_workers_tokenizer() -> 
     gateway with other model files), or ids that do not fit the items, are dropped and the
     texts tokenized here."""
     server = fakeredis.FakeServer()
-    store = JobStore(fakeredis.FakeRedis(server=server), 60)
+    r = fakeredis.FakeRedis(server=server)
+    store = JobStore(r, 60)
     engine = FakeEngine()
     given = [[7, 8, 9], [10]]
     seen: list[list[list[int]]] = []

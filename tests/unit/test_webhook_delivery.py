@@ -24,7 +24,7 @@ from common.schemas import JobStatus, StoredJob
 from common.settings import ApiKey, WebhookSettings
 from common.webhook_secret import derive
 from loraq import cli
-from loraq.client import verify_webhook
+from loraq_client import verify_webhook
 from tests.receiver import Answer, Receiver
 from tests.unit.conftest import wait_until
 from webhooks.delivery import OutboxSweeper, WebhookSender
@@ -49,8 +49,13 @@ def settings(**overrides: Any) -> WebhookSettings:
 
 
 @pytest.fixture
-def store() -> JobStore:
-    return JobStore(fakeredis.FakeRedis(), TTL_S)
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def store(r: fakeredis.FakeRedis) -> JobStore:
+    return JobStore(r, TTL_S)
 
 
 @pytest.fixture
@@ -60,21 +65,23 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def sender(store: JobStore) -> Iterator[WebhookSender]:
-    s = WebhookSender(store, settings())
+def sender(r: fakeredis.FakeRedis, store: JobStore) -> Iterator[WebhookSender]:
+    s = WebhookSender(store, Outbox(r), settings())
     yield s
     s.close()
 
 
-def failed_job(store: JobStore, job_id: str, url: str, tenant: str = "acme") -> None:
+def failed_job(
+    r: fakeredis.FakeRedis, store: JobStore, job_id: str, url: str, tenant: str = "acme"
+) -> None:
     """A job that has just failed with a webhook for it: its terminal transition put it in the
     outbox, due now."""
     job = StoredJob(
         id=job_id, status=JobStatus.QUEUED, model="m", n_items=1, created_at=time.time(),
         tenant=tenant, webhook_url=url, webhook_events="failed",
     )  # fmt: skip
-    store.client.hset(keys.job(job_id), mapping=encode_job(job))
-    store.client.expire(keys.job(job_id), TTL_S)
+    r.hset(keys.job(job_id), mapping=encode_job(job))
+    r.expire(keys.job(job_id), TTL_S)
     assert store.fail(job_id, time.time(), "ENCODE_FAILED", "boom").webhook_due
 
 
@@ -90,12 +97,12 @@ def webhook_of(store: JobStore, job_id: str) -> dict[str, Any]:
 
 
 def test_a_dripping_receiver_is_cut_off_at_the_attempt_deadline(
-    store: JobStore, sender: WebhookSender, receiver: Receiver
+    r: fakeredis.FakeRedis, store: JobStore, sender: WebhookSender, receiver: Receiver
 ) -> None:
     """Per-read timeouts never fire on a byte every 0.1 s; the 1 s deadline on the whole
     attempt does, and the connection is dropped (the receiver's drip ends)."""
     receiver.script["/drip"] = [Answer(200, headers={"x-pad": "p" * 60}, drip_s=0.1)]
-    failed_job(store, "job_drip", receiver.url("/drip"))
+    failed_job(r, store, "job_drip", receiver.url("/drip"))
     outcome = sender.deliver("job_drip")
     assert (outcome.result, outcome.status_code) == ("retry", None)
     assert outcome.error is not None and outcome.error.startswith("Timeout")
@@ -104,11 +111,11 @@ def test_a_dripping_receiver_is_cut_off_at_the_attempt_deadline(
 
 
 def test_a_huge_answer_body_is_not_read(
-    store: JobStore, sender: WebhookSender, receiver: Receiver
+    r: fakeredis.FakeRedis, store: JobStore, sender: WebhookSender, receiver: Receiver
 ) -> None:
     body = 512 * 1024 * 1024
     receiver.script["/huge"] = [Answer(200, body_bytes=body)]
-    failed_job(store, "job_huge", receiver.url("/huge"))
+    failed_job(r, store, "job_huge", receiver.url("/huge"))
     assert sender.deliver("job_huge").result == "delivered"
     wait_until(lambda: receiver.answered["/huge"] == 1, 30)
     # What went out before the sender hung up fits in the sockets' buffers.
@@ -116,11 +123,11 @@ def test_a_huge_answer_body_is_not_read(
 
 
 def test_one_delivery_never_runs_twice_at_once(
-    store: JobStore, sender: WebhookSender, receiver: Receiver
+    r: fakeredis.FakeRedis, store: JobStore, sender: WebhookSender, receiver: Receiver
 ) -> None:
     release = threading.Event()
     receiver.script["/held"] = [Answer(200, hold=release)]
-    failed_job(store, "job_held", receiver.url("/held"))
+    failed_job(r, store, "job_held", receiver.url("/held"))
     published: list[str] = []
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(sender.deliver, "job_held")
@@ -128,29 +135,31 @@ def test_one_delivery_never_runs_twice_at_once(
         now = time.time()
         # The lease moved the entry past the attempt's deadline: no sweep (of any process)
         # publishes it, and another task for it does nothing.
-        assert (store.client.zscore(keys.WEBHOOK_OUTBOX, "job_held") or 0) > now + 1.0
-        assert store.client.pttl(keys.webhook_lease("job_held")) > 1000
-        assert OutboxSweeper(Outbox(store.client), published.append, 60).sweep(now) == 0
+        assert (r.zscore(keys.WEBHOOK_OUTBOX, "job_held") or 0) > now + 1.0
+        assert r.pttl(keys.webhook_lease("job_held")) > 1000
+        assert OutboxSweeper(Outbox(r), published.append, 60).sweep(now) == 0
         assert sender.deliver("job_held").result == "not_due"
         release.set()
         assert first.result().result == "delivered"
     assert len(receiver.requests_to("/held")) == 1
     assert published == []
-    assert store.client.exists(keys.webhook_lease("job_held")) == 0
+    assert r.exists(keys.webhook_lease("job_held")) == 0
 
 
-def test_a_busy_host_gets_its_cap_and_other_hosts_go_on(store: JobStore) -> None:
+def test_a_busy_host_gets_its_cap_and_other_hosts_go_on(
+    r: fakeredis.FakeRedis, store: JobStore
+) -> None:
     release = threading.Event()
-    capped = WebhookSender(store, settings(max_in_flight_per_host=1))
+    capped = WebhookSender(store, Outbox(r), settings(max_in_flight_per_host=1))
     with Receiver("127.0.0.1") as slow, Receiver("127.0.0.2") as other, ThreadPoolExecutor(1) as p:
         slow.script["/slow"] = [Answer(200, hold=release)]
-        failed_job(store, "job_a1", slow.url("/slow"))
-        failed_job(store, "job_a2", slow.url("/slow"))
-        failed_job(store, "job_b", other.url("/b"), tenant="globex")
+        failed_job(r, store, "job_a1", slow.url("/slow"))
+        failed_job(r, store, "job_a2", slow.url("/slow"))
+        failed_job(r, store, "job_b", other.url("/b"), tenant="globex")
         first: Future[Any] = p.submit(capped.deliver, "job_a1")
         wait_until(lambda: len(slow.requests_to("/slow")) == 1, 30)
         assert capped.deliver("job_a2").result == "deferred"
-        assert (store.client.zscore(keys.WEBHOOK_OUTBOX, "job_a2") or 0) > time.time()
+        assert (r.zscore(keys.WEBHOOK_OUTBOX, "job_a2") or 0) > time.time()
         assert capped.deliver("job_b").result == "delivered"
         release.set()
         assert first.result().result == "delivered"
@@ -164,44 +173,46 @@ def test_a_busy_host_gets_its_cap_and_other_hosts_go_on(store: JobStore) -> None
 
 
 def test_a_delivery_whose_job_expired_leaves_the_outbox(
-    store: JobStore, sender: WebhookSender
+    r: fakeredis.FakeRedis, store: JobStore, sender: WebhookSender
 ) -> None:
-    store.client.zadd(keys.WEBHOOK_OUTBOX, {"job_gone": 1.0})
+    r.zadd(keys.WEBHOOK_OUTBOX, {"job_gone": 1.0})
     assert sender.deliver("job_gone").result == "dropped"
-    assert store.client.zscore(keys.WEBHOOK_OUTBOX, "job_gone") is None
+    assert r.zscore(keys.WEBHOOK_OUTBOX, "job_gone") is None
 
 
 def test_a_pending_delivery_keeps_its_job_until_its_next_attempt(
-    store: JobStore, receiver: Receiver
+    r: fakeredis.FakeRedis, store: JobStore, receiver: Receiver
 ) -> None:
     """The schedule outlasts the job's TTL: the job (and its result) must still be there when
     the retry comes due, and a full TTL after it for the outcome to be read."""
     day = 24 * 3600
-    long = WebhookSender(store, settings(retry_schedule_s=[3 * day]))
+    long = WebhookSender(store, Outbox(r), settings(retry_schedule_s=[3 * day]))
     receiver.script["/down"] = [Answer(500)]
-    failed_job(store, "job_long", receiver.url("/down"))
-    store.client.set(keys.job_result("job_long"), b"v", ex=TTL_S)
+    failed_job(r, store, "job_long", receiver.url("/down"))
+    r.set(keys.job_result("job_long"), b"v", ex=TTL_S)
     assert long.deliver("job_long").result == "retry"
     for key in (keys.job("job_long"), keys.job_result("job_long")):
-        assert store.client.ttl(key) >= 3 * day + TTL_S - 5
+        assert r.ttl(key) >= 3 * day + TTL_S - 5
     long.close()
 
 
-def test_the_sweep_pages_past_any_number_of_entries_oldest_first(store: JobStore) -> None:
+def test_the_sweep_pages_past_any_number_of_entries_oldest_first(
+    r: fakeredis.FakeRedis, store: JobStore
+) -> None:
     """600 stale entries ahead (more than a page) and 1200 tied on one score: each entry is
     published once, oldest first, and again only once an attempt has moved it."""
     stale = {f"job_stale{i:04d}": float(i) for i in range(600)}
     tied = {f"job_tied{i:04d}": 700.0 for i in range(1200)}
-    store.client.zadd(keys.WEBHOOK_OUTBOX, {**stale, **tied, "job_live": 800.0})
-    store.client.zadd(keys.WEBHOOK_OUTBOX, {"job_later": 2000.0})
+    r.zadd(keys.WEBHOOK_OUTBOX, {**stale, **tied, "job_live": 800.0})
+    r.zadd(keys.WEBHOOK_OUTBOX, {"job_later": 2000.0})
     published: list[str] = []
-    sweeper = OutboxSweeper(Outbox(store.client), published.append, hold_s=60, page=500)
+    sweeper = OutboxSweeper(Outbox(r), published.append, hold_s=60, page=500)
     assert sweeper.sweep(now=1000.0) == 1801
     assert published[:600] == sorted(stale)
     assert sorted(published[600:1800]) == sorted(tied)
     assert published[-1] == "job_live"
     assert sweeper.sweep(now=1001.0) == 0  # held: their tasks are queued
-    store.client.zadd(keys.WEBHOOK_OUTBOX, {"job_live": 900.0})  # e.g. deferred, due again
+    r.zadd(keys.WEBHOOK_OUTBOX, {"job_live": 900.0})  # e.g. deferred, due again
     assert sweeper.sweep(now=1002.0) == 1
     assert sweeper.sweep(now=1100.0) == 1801  # the hold ran out: tasks lost, publish again
 
@@ -213,13 +224,13 @@ def test_the_sweep_pages_past_any_number_of_entries_oldest_first(store: JobStore
     "value", ["99999999999999", "9" * 5000, "\u00b2", "\u0663", "1e3", "-5", "Fri, 31 Dec 9999"]
 )
 def test_any_retry_after_keeps_the_schedule_and_the_job_view(
-    store: JobStore, sender: WebhookSender, receiver: Receiver, value: str
+    r: fakeredis.FakeRedis, store: JobStore, sender: WebhookSender, receiver: Receiver, value: str
 ) -> None:
     """An absurd value is clamped to the schedule's longest delay; a non-ASCII digit (`²` is
     `isdigit` but not a number `float` takes) or a malformed value is ignored. Either way the
     attempt is recorded and the job view renders."""
     receiver.script["/busy"] = [Answer(503, headers={"retry-after": value})]
-    failed_job(store, "job_busy", receiver.url("/busy"))
+    failed_job(r, store, "job_busy", receiver.url("/busy"))
     before = time.time()
     outcome = sender.deliver("job_busy")
     assert (outcome.result, outcome.status_code) == ("retry", 503)
@@ -243,15 +254,17 @@ def test_the_job_view_survives_any_stored_next_attempt() -> None:
 # -- Item 10: a secret per tenant ------------------------------------------------------------
 
 
-def test_each_tenant_signs_with_its_own_secret(store: JobStore, receiver: Receiver) -> None:
+def test_each_tenant_signs_with_its_own_secret(
+    r: fakeredis.FakeRedis, store: JobStore, receiver: Receiver
+) -> None:
     own = "whsec_" + base64.b64encode(b"globex-explicit-secret-32-bytes!").decode()
     tenant_keys = [
         ApiKey(tenant="acme", sha256="a" * 64),
         ApiKey(tenant="globex", sha256="b" * 64, webhook_secret=own),
     ]
-    signer = WebhookSender(store, settings(), tenant_keys)
-    failed_job(store, "job_acme", receiver.url("/acme"), tenant="acme")
-    failed_job(store, "job_globex", receiver.url("/globex"), tenant="globex")
+    signer = WebhookSender(store, Outbox(r), settings(), tenant_keys)
+    failed_job(r, store, "job_acme", receiver.url("/acme"), tenant="acme")
+    failed_job(r, store, "job_globex", receiver.url("/globex"), tenant="globex")
     assert signer.deliver("job_acme").result == "delivered"
     assert signer.deliver("job_globex").result == "delivered"
     signer.close()
