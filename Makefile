@@ -6,13 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast lint format bench bench-e2e bench-engine bench-routing bench-control-plane up clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build on this image's disk; a looser
 	# requirement could pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	# One command, so the resolver takes the server's loraq-client requirement from the local
+	# client (it is not on PyPI).
+	$(PY) -m pip install -q -e ./clients/python -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,13 +28,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m unit
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check api worker common webhooks loraq tests bench
-	$(VENV)/bin/ruff format --check api worker common webhooks loraq tests bench
+	$(VENV)/bin/ruff check api worker common webhooks loraq clients/python/loraq_client tests bench
+	$(VENV)/bin/ruff format --check api worker common webhooks loraq clients/python/loraq_client tests bench
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format api worker common webhooks loraq tests bench
-	$(VENV)/bin/ruff check --fix api worker common webhooks loraq tests bench
+	$(VENV)/bin/ruff format api worker common webhooks loraq clients/python/loraq_client tests bench
+	$(VENV)/bin/ruff check --fix api worker common webhooks loraq clients/python/loraq_client tests bench
 
 bench-e2e: $(STAMP)
 	$(PY) bench/e2e.py

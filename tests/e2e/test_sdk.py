@@ -22,7 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from loraq.client import (
+from loraq.stack import Stack, python_cli, start_redis
+from loraq_client import (
     AsyncLoraqClient,
     AuthenticationError,
     InvalidRequestError,
@@ -31,7 +32,6 @@ from loraq.client import (
     LoraqClient,
     NotFoundError,
 )
-from loraq.stack import Stack, python_cli, start_redis
 from tests.e2e.conftest import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
 
@@ -101,8 +101,8 @@ def test_encode_equals_jobs_sync_and_async(
 
 
 def test_seed_code_with_only_the_import_changed(stack: Stack, client: httpx.Client) -> None:
-    from loraq.client import Item
-    from loraq.client import LoraqClient as SIEClient
+    from loraq_client import Item
+    from loraq_client import LoraqClient as SIEClient
 
     docs = TEXTS
     sie = SIEClient(stack.url)

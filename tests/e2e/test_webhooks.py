@@ -19,8 +19,8 @@ from common import keys
 from common.broker import enqueue
 from common.schemas import EncodeMessage
 from common.settings import Settings
-from loraq.client import verify_webhook
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
+from loraq_client import verify_webhook
 from tests.e2e.tiny import MODEL, tiny_stack
 from tests.receiver import Answer, Receiver
 

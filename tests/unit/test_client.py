@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import io
+import json
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any, TypedDict
 
 import httpx
@@ -23,8 +27,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from loraq.cli import _Progress, _read_lines
-from loraq.client import (
+from loraq_client import (
     APIConnectionError,
     AsyncLoraqClient,
     AuthenticationError,
@@ -44,6 +47,7 @@ from loraq.client import (
     coerce_items,
     verify_webhook,
 )
+from loraq_client.cli import _Progress, _read_lines
 
 URL = "http://gateway.test"
 MODEL = "BAAI/bge-m3"
@@ -563,3 +567,52 @@ def test_progress_redraws_only_on_a_terminal() -> None:
         assert ("\r" in out) is redraws
         assert out.endswith("\n") and "encoded 5/5 texts (2/2 jobs) in " in out
         assert out.count("\n") == 1
+
+
+# -- JSON without orjson -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stdlib_json(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A second copy of `loraq_client._json`, loaded as if orjson were not installed (a plain
+    `pip install loraq-client`); the copy the client uses is left alone."""
+    monkeypatch.setitem(sys.modules, "orjson", None)  # `import orjson` now fails
+    spec = importlib.util.find_spec("loraq_client._json")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert not hasattr(module, "orjson")
+    return module
+
+
+def test_json_without_orjson_writes_what_orjson_writes(stdlib_json: ModuleType) -> None:
+    rows = np.random.default_rng(0).standard_normal((3, 384)).astype(np.float32)
+    rows[2, :8] = [0.1, 1e-7, 1e20, -0.0, 123456789.0, 3.4028235e38, np.nan, np.inf]
+    for index, row in enumerate(rows):
+        line = {"index": index, "text": 'caf\u00e9 \u2028 \x01 "q"', "dense": row}
+        ours = stdlib_json.dumps(line)
+        theirs = orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY)
+        # The same bytes up to the floats, whose exponents the two spell differently (1e-07,
+        # 1e-7), and the same values: each the shortest decimal of its float32.
+        assert ours.split(b',"dense":')[0] == theirs.split(b',"dense":')[0]
+        assert json.loads(ours) == json.loads(theirs)
+    assert json.loads(stdlib_json.dumps({"dense": rows[2]}))["dense"][:8] == [
+        0.1, 1e-7, 1e20, -0.0, 123456790.0, 3.4028235e38, None, None,
+    ]  # fmt: skip
+    body = {"model": "m", "items": [{"text": "\u00e9"}], "params": {"options": {}}}
+    assert stdlib_json.dumps(body) == orjson.dumps(body)
+
+
+@pytest.mark.parametrize("data", [b"\xff", b"NaN", b'{"a": Infinity}', b"{", b"[" * 100_000])
+def test_json_without_orjson_refuses_what_orjson_refuses(
+    stdlib_json: ModuleType, data: bytes
+) -> None:
+    def refuses(loads: Callable[[bytes], Any]) -> bool:
+        """ValueError is the contract: the client catches exactly that."""
+        try:
+            loads(data)
+        except ValueError:
+            return True
+        return False
+
+    assert refuses(orjson.loads) and refuses(stdlib_json.loads)

@@ -28,9 +28,10 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 import numpy.typing as npt
-import orjson
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as _StandardWebhooksError
+
+from loraq_client import _json
 
 __all__ = [
     "APIConnectionError",
@@ -183,8 +184,8 @@ def _error_from_response(response: httpx.Response) -> LoraqError:
     that is not loraq's (a proxy's HTML page) still gives an error with its status."""
     status = response.status_code
     try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
+        body = _json.loads(response.content)
+    except ValueError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
@@ -268,8 +269,8 @@ def _encode_results(response: httpx.Response, n_items: int) -> list[EncodeResult
 
 def _job_view(response: httpx.Response) -> dict[str, Any]:
     try:
-        view = orjson.loads(response.content)
-    except orjson.JSONDecodeError as exc:
+        view = _json.loads(response.content)
+    except ValueError as exc:
         raise InvalidResponseError(response.status_code, f"unreadable job: {exc}") from exc
     if not isinstance(view, dict) or not isinstance(view.get("id"), str):
         raise InvalidResponseError(response.status_code, "the answer is not a job")
@@ -411,7 +412,7 @@ class _Core:
         # The key makes the POST safe to resend: a retry gets the job the first try created.
         key = idempotency_key or uuid.uuid4().hex
         headers = {"content-type": _JSON, "idempotency-key": key}
-        call = _Call("POST", "/v1/jobs", content=orjson.dumps(body), headers=headers)
+        call = _Call("POST", "/v1/jobs", content=_json.dumps(body), headers=headers)
         return _job_view((yield from self._exchange(call)))
 
     def _get_flow(self, job_id: str, hold_s: float = 0.0) -> _Flow[dict[str, Any]]:

@@ -1,0 +1,314 @@
+"""`loraq` command line: talk to a running gateway (submit, get, wait, cancel, encode).
+
+The command belongs to the client distribution, which any machine that talks to a gateway has;
+other installed distributions add their commands through the `loraq.commands` entry point
+group (a function that is given argparse's subparsers). The loraq server adds its own that way
+(gateway, worker, demo, ...), so one `loraq` has everything where both are installed and only
+the client commands where only the client is."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import IO, Any, TypeAlias
+
+from loraq_client import _json
+from loraq_client.client import (
+    AsyncJob,
+    AsyncLoraqClient,
+    JobFailedError,
+    JobTimeoutError,
+    LoraqClient,
+    LoraqError,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+#: Exit status when a wait ran out of time, as timeout(1) has it.
+EXIT_TIMEOUT = 124
+#: Entry point group of the functions that add commands to `loraq`.
+COMMANDS_GROUP = "loraq.commands"
+DESCRIPTION = (
+    "Talk to a loraq gateway (submit, get, wait, cancel, encode). Where the loraq server is "
+    "installed, its commands (gateway, worker, demo, ...) are here too."
+)
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+AddCommands: TypeAlias = Callable[[Subcommands], None]
+_Command: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def _reports_errors(command: _Command) -> _Command:
+    """A gateway's refusal is an expected outcome for a CLI: one line on stderr and an exit
+    status, not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except JobTimeoutError as exc:
+            print(f"loraq: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        except (LoraqError, OSError) as exc:  # OSError: an unreadable --file
+            print(f"loraq: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _client(args: argparse.Namespace) -> LoraqClient:
+    return LoraqClient(args.url, api_key=args.api_key)
+
+
+def _options(args: argparse.Namespace) -> dict[str, object]:
+    return {"lora_id": args.lora_id} if args.lora_id else {}
+
+
+def _read_lines(path: str) -> list[tuple[int, str]]:
+    """(line index, text) of every non-blank line. Split on newlines only: str.splitlines would
+    also split inside a text at form feeds and Unicode separators."""
+    raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    lines = (line.removesuffix("\r") for line in raw.split("\n"))
+    return [(i, line) for i, line in enumerate(lines) if line.strip()]
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, separators=(",", ":")))
+
+
+@_reports_errors
+def _submit(args: argparse.Namespace) -> int:
+    texts = [text for _, text in _read_lines(args.file)]
+    with _client(args) as client:
+        job = client.submit(args.model, texts, _options(args), webhook=args.webhook)
+    print(job.id)
+    return 0
+
+
+@_reports_errors
+def _get(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.get(args.job_id).data)
+    return 0
+
+
+@_reports_errors
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            job = client.get(args.job_id).wait(args.timeout)
+        except JobFailedError as exc:
+            _print_json(exc.view)
+            print(f"loraq: {exc}", file=sys.stderr)
+            return 1
+    _print_json(job.data)
+    return 0
+
+
+@_reports_errors
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.cancel(args.job_id).data)
+    return 0
+
+
+class _Progress:
+    """A `\r` line on a terminal; elsewhere (logs, CI) one summary line at the end, so
+    redirected stderr is not filled with carriage returns."""
+
+    def __init__(self, texts: int, jobs: int, stream: IO[str]) -> None:
+        self.texts, self.jobs, self.stream = texts, jobs, stream
+        self.texts_done = self.jobs_done = 0
+        self.live = stream.isatty()
+        self.started = time.monotonic()
+
+    def job_done(self, texts: int) -> None:
+        self.texts_done += texts
+        self.jobs_done += 1
+        if self.live:
+            self.stream.write(f"\r{self._line()}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        elapsed = time.monotonic() - self.started
+        start = "\r" if self.live else ""
+        self.stream.write(f"{start}{self._line()} in {elapsed:.1f}s\n")
+
+    def _line(self) -> str:
+        return f"encoded {self.texts_done}/{self.texts} texts ({self.jobs_done}/{self.jobs} jobs)"
+
+
+async def _encode_lines(
+    client: AsyncLoraqClient,
+    args: argparse.Namespace,
+    lines: list[tuple[int, str]],
+    out: IO[bytes],
+    progress: _Progress,
+) -> None:
+    """Jobs of `job_size` lines, `concurrency` in flight; results are written in input order
+    as soon as every earlier job's are, so output streams while later jobs still run."""
+    size = args.job_size
+    chunks = [lines[i : i + size] for i in range(0, len(lines), size)]
+    todo = iter(range(len(chunks)))  # shared by the runners: each takes the next chunk
+    finished: dict[int, AsyncJob] = {}
+    written = 0
+
+    def write_ready() -> None:
+        nonlocal written
+        while written in finished:
+            job = finished.pop(written)
+            for (index, text), row in zip(chunks[written], job.vectors, strict=True):
+                line: dict[str, object] = {"index": index, "text": text, "dense": row}
+                if args.no_text:
+                    del line["text"]
+                out.write(_json.dumps(line) + b"\n")
+            out.flush()
+            written += 1
+
+    async def runner() -> None:
+        for k in todo:
+            job = await client.submit(args.model, [t for _, t in chunks[k]], _options(args))
+            try:
+                await job.wait(args.timeout)
+            except BaseException:
+                if not job.done:  # failing or interrupted: do not leave the job queued
+                    with contextlib.suppress(LoraqError):
+                        await job.cancel()
+                raise
+            finished[k] = job
+            progress.job_done(len(chunks[k]))
+            write_ready()
+
+    runners = [asyncio.create_task(runner()) for _ in range(min(args.concurrency, len(chunks)))]
+    try:
+        await asyncio.gather(*runners)
+    finally:
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+
+@_reports_errors
+def _encode(args: argparse.Namespace) -> int:
+    lines = _read_lines(args.file)
+    jobs = -(-len(lines) // args.job_size)
+    progress = _Progress(len(lines), jobs, sys.stderr)
+
+    async def run() -> None:
+        async with AsyncLoraqClient(args.url, api_key=args.api_key) as client:
+            await _encode_lines(client, args, lines, sys.stdout.buffer, progress)
+
+    asyncio.run(run())
+    progress.finish()
+    return 0
+
+
+def _client_parser() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--url",
+        default=os.environ.get("LORAQ_URL", DEFAULT_URL),
+        help=f"gateway URL (default: $LORAQ_URL, else {DEFAULT_URL})",
+    )
+    parent.add_argument(
+        "--api-key",
+        default=os.environ.get("LORAQ_API_KEY"),
+        help="API key, sent as a Bearer token (default: $LORAQ_API_KEY)",
+    )
+    return parent
+
+
+def add_client_commands(sub: Subcommands) -> None:
+    client = _client_parser()
+    texts = argparse.ArgumentParser(add_help=False)
+    texts.add_argument("--model", required=True)
+    texts.add_argument("--lora-id", help="adapter to apply (default: the base model)")
+    texts.add_argument(
+        "--file", default="-", help="texts, one per line; blank lines skipped (default: stdin)"
+    )
+
+    p = sub.add_parser("submit", parents=[client, texts], help="submit one job, print its id")
+    p.add_argument("--webhook", help="URL to call when the job ends (signed)")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("get", parents=[client], help="print a job as JSON")
+    p.add_argument("job_id")
+    p.set_defaults(func=_get)
+
+    p = sub.add_parser(
+        "wait",
+        parents=[client],
+        help="wait for a job to end, print it as JSON (exit 1 if it failed or was cancelled, "
+        f"{EXIT_TIMEOUT} on timeout)",
+    )
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, help="seconds (default: no limit)")
+    p.set_defaults(func=_wait)
+
+    p = sub.add_parser("cancel", parents=[client], help="cancel a job, print it as JSON")
+    p.add_argument("job_id")
+    p.set_defaults(func=_cancel)
+
+    p = sub.add_parser(
+        "encode",
+        parents=[client, texts],
+        help="encode many texts through concurrent jobs; JSON lines "
+        '{"index", "text", "dense"} on stdout, in input order',
+    )
+    p.add_argument("--job-size", type=_positive, default=64, help="texts per job (%(default)s)")
+    p.add_argument("--concurrency", type=_positive, default=4, help="jobs in flight (%(default)s)")
+    p.add_argument("--timeout", type=float, help="seconds to wait for each job (default: none)")
+    p.add_argument("--no-text", action="store_true", help="leave the text out of each line")
+    p.set_defaults(func=_encode)
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def installed_commands() -> list[AddCommands]:
+    """The `loraq.commands` entry points. One that fails to load is reported and skipped: a
+    broken server install must not take the client commands down with it."""
+    found = []
+    for entry in entry_points(group=COMMANDS_GROUP):
+        try:
+            found.append(entry.load())
+        except Exception as exc:
+            print(f"loraq: skipping the commands of {entry.value}: {exc!r}", file=sys.stderr)
+    return found
+
+
+def build_parser(extensions: Iterable[AddCommands] | None = None) -> argparse.ArgumentParser:
+    """The client commands plus those `extensions` add (by default, the installed ones)."""
+    parser = argparse.ArgumentParser(prog="loraq", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_client_commands(sub)
+    for add_commands in installed_commands() if extensions is None else extensions:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, extensions: Iterable[AddCommands] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser(extensions).parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
