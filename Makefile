@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check api worker common webhooks loraq clients/python/loraq_client tests bench
 	$(VENV)/bin/ruff format --check api worker common webhooks loraq clients/python/loraq_client tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format api worker common webhooks loraq clients/python/loraq_client tests bench
