@@ -9,6 +9,7 @@ has a hook that applies the batch's adapters per segment. Weights come from the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import IntEnum
 from typing import Any
 
 import torch
@@ -38,6 +39,17 @@ ATTN_OUT = "attention.output.dense"
 INTERMEDIATE = "intermediate.dense"
 OUTPUT = "output.dense"
 
+
+class LayerGroup(IntEnum):
+    """A layer's LoRA groups (linears that read the same input), in the order `lora_groups`
+    lists them: layer i's group g is pool group `len(LayerGroup) * i + g`."""
+
+    QKV = 0
+    ATTN_OUT = 1
+    INTERMEDIATE = 2
+    OUTPUT = 3
+
+
 _SUPPORTED = ("bert", "roberta", "xlm-roberta")
 
 
@@ -60,23 +72,23 @@ class _Layer(nn.Module):
         self.varlen = False
 
     def forward(
-        self, x: torch.Tensor, batch: PackedBatch, lora: LoraBatch | None, g: int
+        self, x: torch.Tensor, batch: PackedBatch, lora: LoraBatch | None, first_group: int
     ) -> torch.Tensor:
         qkv = self.qkv(x)
         if lora is not None:
-            lora.add(g, x, qkv)
+            lora.add(first_group + LayerGroup.QKV, x, qkv)
         ctx = self._attend(qkv, batch)
         h = self.attn_out(ctx)
         if lora is not None:
-            lora.add(g + 1, ctx, h)
+            lora.add(first_group + LayerGroup.ATTN_OUT, ctx, h)
         x = self.attn_norm(h + x)
         inter = self.inter(x)
         if lora is not None:
-            lora.add(g + 2, x, inter)
+            lora.add(first_group + LayerGroup.INTERMEDIATE, x, inter)
         inter = self.act(inter)
         h = self.out(inter)
         if lora is not None:
-            lora.add(g + 3, inter, h)
+            lora.add(first_group + LayerGroup.OUTPUT, inter, h)
         return self.out_norm(h + x)  # type: ignore[no-any-return]
 
     def _attend(self, qkv: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
@@ -144,18 +156,20 @@ class PackedEncoder(nn.Module):
         return on
 
     def lora_groups(self) -> list[LoraGroup]:
-        """Four groups per layer, in the order `_Layer.forward` calls `lora.add`."""
+        """Per layer, one group per `LayerGroup`, in its order: the indices `_Layer.forward`
+        hands `lora.add`."""
         groups = []
         for i in range(len(self.layers)):
             layer: _Layer = self.layers[i]  # type: ignore[assignment]
             p = f"encoder.layer.{i}."
             d, ff = layer.attn_out.out_features, layer.inter.out_features
-            groups += [
-                LoraGroup(tuple(p + m for m in QKV), d, (d, d, d)),
-                LoraGroup((p + ATTN_OUT,), d, (d,)),
-                LoraGroup((p + INTERMEDIATE,), d, (ff,)),
-                LoraGroup((p + OUTPUT,), ff, (d,)),
-            ]
+            of_layer = {
+                LayerGroup.QKV: LoraGroup(tuple(p + m for m in QKV), d, (d, d, d)),
+                LayerGroup.ATTN_OUT: LoraGroup((p + ATTN_OUT,), d, (d,)),
+                LayerGroup.INTERMEDIATE: LoraGroup((p + INTERMEDIATE,), d, (ff,)),
+                LayerGroup.OUTPUT: LoraGroup((p + OUTPUT,), ff, (d,)),
+            }
+            groups += [of_layer[g] for g in LayerGroup]
         return groups
 
     def target_modules(self) -> dict[str, ModuleShape]:
@@ -175,5 +189,5 @@ class PackedEncoder(nn.Module):
         )
         x = self.emb_norm(x)
         for i, layer in enumerate(self.layers):
-            x = layer(x, batch, lora, 4 * i)
+            x = layer(x, batch, lora, len(LayerGroup) * i)
         return x  # type: ignore[no-any-return]
