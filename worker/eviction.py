@@ -5,7 +5,7 @@ used now and then), and under LRU every tail adapter that comes by pushes a popu
 its slot, to be loaded again a moment later. Counting uses keeps the popular adapters warm and
 makes a one-off adapter the next to go. Counts halve every `halflife` uses, so popularity that
 moves on is forgotten, and adapters no longer used drop out (memory stays bounded).
-`bench/routing_sim.py` drives this class in its workers; the README has the figures.
+`bench/routing_sim.py` drives this class in its workers; docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations

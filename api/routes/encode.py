@@ -1,6 +1,6 @@
 """Synchronous encode in SIE's wire format: the same queue as jobs, waited on with a bound.
 
-msgpack by default, JSON when the client accepts JSON but not msgpack (the README's "Synchronous
+msgpack by default, JSON when the client accepts JSON but not msgpack (docs/api.md, "Synchronous
 encode (SIE wire format)"). On timeout the answer is 504 `JOB_TIMEOUT` carrying the job id, so
 the caller can poll instead of resubmitting.
 """
