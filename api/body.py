@@ -137,10 +137,6 @@ def check_items(data: dict[str, Any], field: str, limits: LimitSettings) -> None
         )
 
 
-def is_msgpack(content_type: str) -> bool:
-    return content_type.split(";")[0].strip().lower() in MSGPACK_TYPES
-
-
 async def read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -404,9 +404,6 @@ class JobStore:
         ids = self._r.zrangebyscore(keys.PENDING_ZSET, "-inf", now, start=0, num=limit)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
-    def stored_message(self, job_id: str) -> bytes | None:
-        return _bytes(self._r.get(keys.job_message(job_id)))
-
     def reschedule(self, job_id: str, at: float) -> None:
         self._r.zadd(keys.PENDING_ZSET, {job_id: at}, xx=True)
 

@@ -394,7 +394,7 @@ def test_pending_deadlines_follow_the_job(
     asyncio.run(create())
     created = _job("job_p").created_at
     assert client.zscore(keys.PENDING_ZSET, "job_p") == created + 30
-    assert store.stored_message("job_p") == b"msg"
+    assert client.get(keys.job_message("job_p")) == b"msg"
     assert store.overdue(created + 29, 10) == []
     assert store.overdue(created + 31, 10) == ["job_p"]
     store.start("job_p", 100.0)
@@ -403,4 +403,4 @@ def test_pending_deadlines_follow_the_job(
     assert store.overdue(499.0, 10) == []
     store.succeed("job_p", 101.0, b"v", {})
     assert client.zscore(keys.PENDING_ZSET, "job_p") is None
-    assert store.stored_message("job_p") is None
+    assert client.get(keys.job_message("job_p")) is None
