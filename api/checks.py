@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from common import token_ids
-from common.model_files import ModelTokenizer, check_not_truncated, load_tokenizer
+from common.model_files import ModelTokenizer, load_tokenizer
 from common.schemas import TokenIds
 from common.settings import Settings, resolve_model_path
 from common.ssrf import (
@@ -134,10 +134,7 @@ class SubmitChecks:
         loaded = self._tokenizer_for(model)
         if loaded is None:
             return None
-        encodings = loaded.tokenizer.encode_batch(texts)
-        if not truncate:
-            check_not_truncated(encodings, loaded.limit)
-        return token_ids.pack(loaded.id, [enc.ids for enc in encodings])
+        return token_ids.pack(loaded.id, loaded.ids(texts, truncate))
 
     def _load_tokenizer(self, model: str) -> ModelTokenizer | None:
         """Loaded on first use. A gateway without the model's files (a slim gateway image)

@@ -37,6 +37,13 @@ class ModelTokenizer:
     limit: int
     id: str
 
+    def ids(self, texts: list[str], truncate: bool) -> list[list[int]]:
+        """Token ids per text; with `truncate` false an over-long text is refused instead."""
+        encodings = self.tokenizer.encode_batch(texts)
+        if not truncate:
+            _check_not_truncated(encodings, self.limit)
+        return [enc.ids for enc in encodings]
+
 
 def load_tokenizer(model_dir: Path) -> ModelTokenizer:
     raw = (model_dir / "tokenizer.json").read_bytes()
@@ -48,7 +55,7 @@ def load_tokenizer(model_dir: Path) -> ModelTokenizer:
     return ModelTokenizer(tokenizer, limit, digest)
 
 
-def check_not_truncated(encodings: list[Encoding], limit: int) -> None:
+def _check_not_truncated(encodings: list[Encoding], limit: int) -> None:
     for i, enc in enumerate(encodings):
         if enc.overflowing:
             raise InputTooLong(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.model_files import check_not_truncated, load_tokenizer
+from common.model_files import load_tokenizer
 
 
 class WorkerTokenizer:
@@ -21,11 +21,4 @@ class WorkerTokenizer:
         self.model_id = model_id
         self.default_normalize = default_normalize
         self.tokenizer_id = loaded.id
-        self._tokenizer = loaded.tokenizer
-        self._limit = loaded.limit
-
-    def tokenize(self, texts: list[str], truncate: bool) -> list[list[int]]:
-        encodings = self._tokenizer.encode_batch(texts)
-        if not truncate:
-            check_not_truncated(encodings, self._limit)
-        return [enc.ids for enc in encodings]
+        self.tokenize = loaded.ids
