@@ -37,6 +37,8 @@ def free_port() -> int:
 def wait_until(
     condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
 ) -> None:
+    """The one way the launcher, benchmarks and tests wait: on a condition, never a fixed sleep,
+    failing with what never happened."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

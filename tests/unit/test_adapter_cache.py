@@ -20,7 +20,8 @@ import torch
 import worker.adapter_cache as adapter_cache
 from common.errors import AdapterNonFinite, AdapterNotFound, AdapterTensorsMismatch
 from common.settings import AdapterSettings, BaseMismatchPolicy
-from tests.unit.conftest import PEFT_WARNINGS, base_info_for, blocked_in, wait_until
+from loraq.stack import wait_until
+from tests.unit.conftest import PEFT_WARNINGS, base_info_for, blocked_in
 from worker.adapter_cache import AdapterCache, Lease, Refusals
 from worker.adapter_files import AdapterFiles, AdapterRules
 from worker.engine.lora import AdapterWeights, LoraModuleWeights, LoraPool
@@ -274,12 +275,14 @@ def test_concurrent_first_use_loads_once(
     cache = make_cache(n_slots=2)
     gate = reader.gates["org/new"] = threading.Event()
     started = [runner.start(lambda: cache.acquire("org/new", timeout=WAIT)) for _ in range(10)]
-    wait_until(lambda: cache.stats.misses == 10 and len(reader.calls) == 1)
+    wait_until(lambda: cache.stats.misses == 10 and len(reader.calls) == 1, 30, "one read")
     owner = [t for t, _ in started if blocked_in(t, "_load", "__call__")]
     assert len(owner) == 1
     # Every other thread waits on the owner's load rather than reading the files itself.
     wait_until(
-        lambda: all(blocked_in(t, "_weights", "result") for t, _ in started if t is not owner[0])
+        lambda: all(blocked_in(t, "_weights", "result") for t, _ in started if t is not owner[0]),
+        30,
+        "the others to wait on the owner's load",
     )
     gate.set()
     leases = [fut.result(timeout=WAIT) for _, fut in started]
@@ -300,10 +303,12 @@ def test_failed_load_reaches_every_waiter_and_refusal_is_remembered(
     gate = reader.gates["org/bad"] = threading.Event()
     reader.errors["org/bad"] = AdapterTensorsMismatch("broken tensors")
     started = [runner.start(lambda: cache.acquire("org/bad", timeout=WAIT)) for _ in range(5)]
-    wait_until(lambda: cache.stats.misses == 5 and len(reader.calls) == 1)
+    wait_until(lambda: cache.stats.misses == 5 and len(reader.calls) == 1, 30, "one read")
     owner = next(t for t, _ in started if blocked_in(t, "_load", "__call__"))
     wait_until(
-        lambda: all(blocked_in(t, "_weights", "result") for t, _ in started if t is not owner)
+        lambda: all(blocked_in(t, "_weights", "result") for t, _ in started if t is not owner),
+        30,
+        "the others to wait on the owner's load",
     )
     gate.set()
     for _, fut in started:
@@ -380,9 +385,9 @@ def test_failed_slot_write_reaches_waiter_and_frees_slot(
     gate = engine.gates["w"] = threading.Event()
     engine.fail.add("w")
     writer, first = runner.start(lambda: cache.acquire("w", timeout=WAIT))
-    wait_until(lambda: blocked_in(writer, "acquire", "write_slot"))
+    wait_until(lambda: blocked_in(writer, "acquire", "write_slot"), 30, "the write")
     waiter, second = runner.start(lambda: cache.acquire("w", timeout=WAIT))
-    wait_until(lambda: blocked_in(waiter, "_lease_when_ready", "_wait"))
+    wait_until(lambda: blocked_in(waiter, "_lease_when_ready", "_wait"), 30, "the waiter")
     assert cache.stats.hits == 1  # the second caller found the slot being written
     gate.set()
     for fut in (first, second):
@@ -400,11 +405,11 @@ def test_hit_waits_for_slot_being_written(make_cache, engine: FakeEngine, runner
     cache = make_cache(n_slots=1)
     gate = engine.gates["slow"] = threading.Event()
     writer, first = runner.start(lambda: cache.acquire("slow", timeout=WAIT))
-    wait_until(lambda: blocked_in(writer, "acquire", "write_slot"))
+    wait_until(lambda: blocked_in(writer, "acquire", "write_slot"), 30, "the write")
     with pytest.raises(TimeoutError):
         cache.acquire("slow", timeout=0.05)  # the slot is not ready yet
     waiter, second = runner.start(lambda: cache.acquire("slow", timeout=WAIT))
-    wait_until(lambda: blocked_in(waiter, "_lease_when_ready", "_wait"))
+    wait_until(lambda: blocked_in(waiter, "_lease_when_ready", "_wait"), 30, "the waiter")
     assert not second.done()
     gate.set()
     a, b = first.result(timeout=WAIT), second.result(timeout=WAIT)

@@ -24,9 +24,9 @@ from common.schemas import JobStatus, StoredJob
 from common.settings import ApiKey, WebhookSettings
 from common.webhook_secret import derive
 from loraq import cli
+from loraq.stack import wait_until
 from loraq_client import verify_webhook
 from tests.receiver import Answer, Receiver
-from tests.unit.conftest import wait_until
 from webhooks.delivery import OutboxSweeper, WebhookSender
 from webhooks.outbox import Outbox
 
@@ -106,7 +106,7 @@ def test_a_dripping_receiver_is_cut_off_at_the_attempt_deadline(
     outcome = sender.deliver("job_drip")
     assert (outcome.result, outcome.status_code) == ("retry", None)
     assert outcome.error is not None and outcome.error.startswith("Timeout")
-    wait_until(lambda: receiver.answered["/drip"] == 1, 30)
+    wait_until(lambda: receiver.answered["/drip"] == 1, 30, "the drip to end")
     assert webhook_of(store, "job_drip")["status"] == "pending"
 
 
@@ -117,7 +117,7 @@ def test_a_huge_answer_body_is_not_read(
     receiver.script["/huge"] = [Answer(200, body_bytes=body)]
     failed_job(r, store, "job_huge", receiver.url("/huge"))
     assert sender.deliver("job_huge").result == "delivered"
-    wait_until(lambda: receiver.answered["/huge"] == 1, 30)
+    wait_until(lambda: receiver.answered["/huge"] == 1, 30, "the answer to end")
     # What went out before the sender hung up fits in the sockets' buffers.
     assert receiver.body_sent["/huge"] < 64 * 1024 * 1024
 
@@ -131,7 +131,7 @@ def test_one_delivery_never_runs_twice_at_once(
     published: list[str] = []
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(sender.deliver, "job_held")
-        wait_until(lambda: len(receiver.requests_to("/held")) == 1, 30)
+        wait_until(lambda: len(receiver.requests_to("/held")) == 1, 30, "the attempt")
         now = time.time()
         # The lease moved the entry past the attempt's deadline: no sweep (of any process)
         # publishes it, and another task for it does nothing.
@@ -157,14 +157,14 @@ def test_a_busy_host_gets_its_cap_and_other_hosts_go_on(
         failed_job(r, store, "job_a2", slow.url("/slow"))
         failed_job(r, store, "job_b", other.url("/b"), tenant="globex")
         first: Future[Any] = p.submit(capped.deliver, "job_a1")
-        wait_until(lambda: len(slow.requests_to("/slow")) == 1, 30)
+        wait_until(lambda: len(slow.requests_to("/slow")) == 1, 30, "the first attempt")
         assert capped.deliver("job_a2").result == "deferred"
         assert (r.zscore(keys.WEBHOOK_OUTBOX, "job_a2") or 0) > time.time()
         assert capped.deliver("job_b").result == "delivered"
         release.set()
         assert first.result().result == "delivered"
         # Deferred, not dropped: it runs once its turn comes.
-        wait_until(lambda: capped.deliver("job_a2").result == "delivered", 30)
+        wait_until(lambda: capped.deliver("job_a2").result == "delivered", 30, "its turn")
     assert len(slow.requests_to("/slow")) == 2
     capped.close()
 
