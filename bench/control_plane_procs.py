@@ -125,7 +125,7 @@ def make_models(work: Path, adapters: int) -> Models:
 
     from transformers.utils import logging as hf_logging
 
-    from tests.reference import save_random_adapter, save_tiny_model
+    from loraq.testing import save_random_adapter, save_tiny_model
 
     hf_logging.set_verbosity_error()
     model_dir, adapter_dir = work / "model", work / "adapters"

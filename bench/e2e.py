@@ -40,7 +40,7 @@ from common.settings import (
     resolve_model_path,
 )
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis
-from tests.reference import save_random_adapter
+from loraq.testing import save_random_adapter
 
 RESULTS = Path(__file__).resolve().parent / "results" / "e2e.json"
 SUBMITS = 16  # submits in flight at once

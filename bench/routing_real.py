@@ -60,7 +60,7 @@ def make_adapters(adapter_dir: Path, n: int) -> None:
     from transformers.utils import logging as hf_logging
 
     from common.settings import resolve_model_path
-    from tests.reference import save_random_adapter
+    from loraq.testing import save_random_adapter
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

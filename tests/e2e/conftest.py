@@ -10,7 +10,7 @@ import pytest
 
 from common.settings import DEFAULT_MODEL_ID, resolve_model_path
 from loraq.stack import LOCAL_DEV_ENV, Stack
-from tests.reference import save_random_adapter
+from loraq.testing import save_random_adapter
 
 MODEL = DEFAULT_MODEL_ID
 #: Three adapters that differ in rank, alpha, targets and scaling.

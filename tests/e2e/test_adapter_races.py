@@ -15,9 +15,10 @@ import redis
 from common import keys
 from common.schemas import WorkerInfo
 from loraq.stack import Stack, wait_until
+from loraq.testing import save_random_adapter
 from tests.e2e.conftest import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
-from tests.reference import peft_embeddings, save_random_adapter
+from tests.reference import peft_embeddings
 
 TEXTS = ["the first of two texts", "and a second, longer one to vary lengths in the batch"]
 

@@ -9,9 +9,9 @@ import httpx
 import msgpack
 import pytest
 
+from loraq.testing import save_random_adapter
 from tests.e2e.conftest import MODEL
 from tests.e2e.helpers import submit, wait_job
-from tests.reference import save_random_adapter
 
 OK_ITEMS = [{"text": "hello"}]
 

@@ -28,7 +28,7 @@ from common.heartbeats import live_worker_infos
 from common.job_store import decode_job
 from common.settings import DEFAULT_MODEL_ID
 from loraq.stack import LOCAL_DEV_ENV, Process, Stack, start_redis, wait_until
-from tests.reference import save_random_adapter, save_tiny_model
+from loraq.testing import save_random_adapter, save_tiny_model
 
 MODEL = DEFAULT_MODEL_ID
 SHARDS = 8

@@ -19,8 +19,8 @@ import pytest
 
 from api.auth import new_key
 from loraq.stack import Stack
+from loraq.testing import save_random_adapter, save_tiny_model
 from tests.e2e.tiny import MODEL, tiny_stack
-from tests.reference import save_random_adapter, save_tiny_model
 
 KEYS: dict[str, str] = {}
 

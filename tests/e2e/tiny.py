@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.settings import DEFAULT_MODEL_ID
 from loraq.stack import Stack, start_redis
-from tests.reference import save_tiny_model
+from loraq.testing import save_tiny_model
 
 MODEL = DEFAULT_MODEL_ID
 

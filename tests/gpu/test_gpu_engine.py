@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from common.settings import DEFAULT_MODEL_ID, BaseMismatchPolicy, resolve_model_path
-from tests.reference import peft_embeddings, save_random_adapter
+from loraq.testing import save_random_adapter
+from tests.reference import peft_embeddings
 from worker.adapter_files import AdapterRules, read_adapter
 from worker.engine.engine import Engine
 from worker.engine.types import Row

