@@ -16,6 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import EntryPoint
 from types import ModuleType
 from typing import Any, TypedDict
 
@@ -44,6 +45,7 @@ from loraq_client import (
     RateLimitError,
     ServerError,
     WebhookVerificationError,
+    cli,
     coerce_items,
     verify_webhook,
 )
@@ -567,6 +569,25 @@ def test_progress_redraws_only_on_a_terminal() -> None:
         assert ("\r" in out) is redraws
         assert out.endswith("\n") and "encoded 5/5 texts (2/2 jobs) in " in out
         assert out.count("\n") == 1
+
+
+def test_cli_takes_commands_from_entry_points_and_skips_broken_ones(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group = cli.COMMANDS_GROUP
+    found = [
+        EntryPoint("server", "loraq.cli:add_server_commands", group),
+        EntryPoint("broken", "no_such_module:add_commands", group),
+    ]
+    monkeypatch.setattr(
+        cli, "entry_points", lambda group: found if group == cli.COMMANDS_GROUP else []
+    )
+    args = cli.build_parser().parse_args(["keys", "create", "--tenant", "acme"])
+    assert args.tenant == "acme"
+    assert "skipping the commands of no_such_module:add_commands" in capsys.readouterr().err
+    # Given explicitly (`python -m loraq.cli`), the installed ones are not looked up.
+    with pytest.raises(SystemExit):
+        cli.build_parser(extensions=[]).parse_args(["gateway"])
 
 
 # -- JSON without orjson -------------------------------------------------------------------------
