@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from common.errors import AdapterNotFound, InputTooLong
+from tests.constants import FAKE_MODEL
 from worker.adapter_cache import Lease
 from worker.engine.types import Row
 
@@ -24,7 +25,7 @@ def fake_vector(tokens: list[int], slot: int | None) -> np.ndarray:
 
 
 class FakeEngine:
-    model_id = "test/fake"
+    model_id = FAKE_MODEL
     default_normalize = False
     tokenizer_id = "fake-bytes"
     dims = DIMS

@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.settings import DEFAULT_MODEL_ID, resolve_model_path
+from common.settings import resolve_model_path
 from loraq.stack import LOCAL_DEV_ENV, Stack
 from loraq.testing import save_random_adapter
+from tests.constants import MODEL
 
-MODEL = DEFAULT_MODEL_ID
 #: Three adapters that differ in rank, alpha, targets and scaling.
 ADAPTERS = {
     "org/qv-r4": {"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]},

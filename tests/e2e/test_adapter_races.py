@@ -16,7 +16,7 @@ from common import keys
 from common.schemas import WorkerInfo
 from loraq.stack import Stack, wait_until
 from loraq.testing import save_random_adapter
-from tests.e2e.conftest import MODEL
+from tests.constants import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
 from tests.reference import peft_embeddings
 

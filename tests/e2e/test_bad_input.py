@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from loraq.testing import save_random_adapter
-from tests.e2e.conftest import MODEL
+from tests.constants import MODEL
 from tests.e2e.helpers import submit, wait_job
 
 OK_ITEMS = [{"text": "hello"}]

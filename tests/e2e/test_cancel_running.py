@@ -16,7 +16,8 @@ import redis
 from api.auth import new_key
 from common import keys
 from loraq.stack import Stack, free_port, http_ok, wait_until
-from tests.e2e.tiny import MODEL, tiny_stack
+from tests.constants import MODEL
+from tests.e2e.tiny import tiny_stack
 
 ITEMS = 1024
 #: Longer than the tiny model's 256 tokens: every row is a full one (truncated).

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from loraq.stack import Stack
-from tests.e2e.conftest import MODEL
+from tests.constants import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
 
 REPO = Path(__file__).resolve().parents[2]

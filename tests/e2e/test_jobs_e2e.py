@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.e2e.conftest import ADAPTERS, MODEL
+from tests.constants import MODEL
+from tests.e2e.conftest import ADAPTERS
 from tests.e2e.helpers import dense, submit, wait_job
 from tests.reference import peft_embeddings
 

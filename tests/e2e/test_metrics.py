@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from loraq.stack import Process, Stack, free_port, wait_until
-from tests.e2e.conftest import MODEL, STACK_ENV
+from tests.constants import MODEL
+from tests.e2e.conftest import STACK_ENV
 from tests.e2e.helpers import submit, wait_job
 
 

@@ -26,11 +26,10 @@ import redis
 from common import keys
 from common.heartbeats import live_worker_infos
 from common.job_store import decode_job
-from common.settings import DEFAULT_MODEL_ID
 from loraq.stack import LOCAL_DEV_ENV, Process, Stack, start_redis, wait_until
 from loraq.testing import save_random_adapter, save_tiny_model
+from tests.constants import MODEL
 
-MODEL = DEFAULT_MODEL_ID
 SHARDS = 8
 LEASE_TTL_S = 2.0
 FAST = {

@@ -32,7 +32,7 @@ from loraq_client import (
     LoraqClient,
     NotFoundError,
 )
-from tests.e2e.conftest import MODEL
+from tests.constants import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
 
 LORA = "org/qkv-r8"

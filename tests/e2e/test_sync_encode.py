@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from loraq.stack import Stack
-from tests.e2e.conftest import MODEL
+from tests.constants import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
 
 SIE_HEADERS = {"content-type": "application/msgpack", "accept": "application/msgpack"}

@@ -20,7 +20,8 @@ import pytest
 from api.auth import new_key
 from loraq.stack import Stack
 from loraq.testing import save_random_adapter, save_tiny_model
-from tests.e2e.tiny import MODEL, tiny_stack
+from tests.constants import MODEL
+from tests.e2e.tiny import tiny_stack
 
 KEYS: dict[str, str] = {}
 

@@ -21,7 +21,8 @@ from common.schemas import EncodeMessage
 from common.settings import Settings
 from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, wait_until
 from loraq_client import verify_webhook
-from tests.e2e.tiny import MODEL, tiny_stack
+from tests.constants import MODEL
+from tests.e2e.tiny import tiny_stack
 from tests.receiver import Answer, Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"loraq-test-signing-secret-32byte").decode()

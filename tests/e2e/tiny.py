@@ -8,11 +8,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.settings import DEFAULT_MODEL_ID
 from loraq.stack import Stack, start_redis
 from loraq.testing import save_tiny_model
-
-MODEL = DEFAULT_MODEL_ID
+from tests.constants import MODEL
 
 
 @contextmanager

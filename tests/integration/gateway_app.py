@@ -14,8 +14,8 @@ from api.auth import new_key
 from api.main import create_app
 from api.state import Gateway
 from common.settings import Settings
+from tests.constants import FAKE_MODEL
 
-MODEL = "org/model"
 SECRET = "whsec_" + "A" * 32
 
 
@@ -40,7 +40,7 @@ def settings(redis_url: str, root: Path, keys: list[dict[str, Any]], **extra: An
     (root / "adapters").mkdir(exist_ok=True)
     return Settings(
         redis_url=redis_url,
-        models={MODEL: str(root)},
+        models={FAKE_MODEL: str(root)},
         adapters={"dir": root / "adapters"},
         routing={"shards": 2},
         webhooks={"secret": SECRET},
@@ -57,7 +57,7 @@ def add_adapter(root: Path, lora_id: str) -> None:
 
 def job_body(texts: int = 1, **options: Any) -> dict[str, Any]:
     return {
-        "model": MODEL,
+        "model": FAKE_MODEL,
         "items": [{"text": f"t{i}"} for i in range(texts)],
         "params": {"options": options},
     }

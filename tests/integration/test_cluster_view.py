@@ -17,14 +17,13 @@ from common import keys
 from common.heartbeats import queued_jobs, redis_time, write_heartbeat
 from common.schemas import WorkerInfo
 from common.settings import Settings
-
-MODEL = "org/model"
+from tests.constants import FAKE_MODEL
 
 
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     return Settings(
         redis_url=redis_url,
-        models={MODEL: str(tmp_path)},
+        models={FAKE_MODEL: str(tmp_path)},
         routing={"shards": 2},
         auth={"mode": "disabled"},
     )
@@ -32,16 +31,17 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 def heartbeat(r: redis.Redis, backlog: int, backlog_at: float) -> None:
     now = time.time()
+    queues = [keys.shard_queue(FAKE_MODEL, 0), keys.shard_queue(FAKE_MODEL, 1)]
     info = WorkerInfo(
-        id="w0", model=MODEL, queues=[keys.shard_queue(MODEL, 0), keys.shard_queue(MODEL, 1)],
-        backlog=backlog, backlog_at=backlog_at, started_at=now, seen_at=now,
+        id="w0", model=FAKE_MODEL, queues=queues, backlog=backlog, backlog_at=backlog_at,
+        started_at=now, seen_at=now,
     )  # fmt: skip
     write_heartbeat(r, info, heartbeat_s=5)
 
 
 def test_queued_jobs_counts_every_queue_on_the_redis_clock(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
-    queues = [keys.shard_queue(MODEL, 0), keys.shard_queue(MODEL, 1)]
+    queues = [keys.shard_queue(FAKE_MODEL, 0), keys.shard_queue(FAKE_MODEL, 1)]
     r.lpush(keys.queue_list(queues[0]), "m1", "m2")
     r.lpush(keys.queue_list(queues[1]), "m3")
     before = redis_time(r.time())
@@ -60,15 +60,15 @@ def test_a_heartbeat_counts_the_placements_published_before_it_was_taken(
         table = ClusterView(client, settings(redis_url, tmp_path))
         heartbeat(r, backlog=0, backlog_at=redis_time(r.time()))
         await table.refresh()
-        table.route(MODEL, "x", "j1")
-        table.published(MODEL, "j1")
-        loads = [table.loads(MODEL)["w0"]]  # on top of the heartbeat: 0 + 1
+        table.route(FAKE_MODEL, "x", "j1")
+        table.published(FAKE_MODEL, "j1")
+        loads = [table.loads(FAKE_MODEL)["w0"]]  # on top of the heartbeat: 0 + 1
         heartbeat(r, backlog=0, backlog_at=redis_time(r.time()) - 60)  # taken before j1
         await table.refresh()
-        loads.append(table.loads(MODEL)["w0"])  # still 0 + 1
+        loads.append(table.loads(FAKE_MODEL)["w0"])  # still 0 + 1
         heartbeat(r, backlog=1, backlog_at=redis_time(r.time()))  # taken after: it counts j1
         await table.refresh()
-        loads.append(table.loads(MODEL)["w0"])  # 1, not 1 + 1
+        loads.append(table.loads(FAKE_MODEL)["w0"])  # 1, not 1 + 1
         await client.aclose()
         return loads
 

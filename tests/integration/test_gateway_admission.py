@@ -18,7 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from api.checks import DNS_THREADS, SubmitChecks
 from common import keys
 from common.ssrf import IPAddress, Network, Target
-from tests.integration.gateway_app import MODEL, Keys, code, gateway, job_body, settings
+from tests.constants import FAKE_MODEL
+from tests.integration.gateway_app import Keys, code, gateway, job_body, settings
 
 PUBLIC = ipaddress.ip_address("93.184.216.34")
 HOOKED = {**job_body(), "webhook": {"url": "https://hooks.example.com/loraq"}}
@@ -63,7 +64,7 @@ def test_a_rate_limited_submit_costs_no_lookup_and_no_tokenizing(
     first, second = asyncio.run(scenario())
     assert first.status_code == 202, first.text
     assert code(second) == (429, "QUOTA_EXCEEDED")
-    assert (looked_up, tokenized) == (["hooks.example.com"], [MODEL])
+    assert (looked_up, tokenized) == (["hooks.example.com"], [FAKE_MODEL])
 
 
 def test_hanging_lookups_hold_up_no_other_request(redis_url: str, tmp_path: Path) -> None:

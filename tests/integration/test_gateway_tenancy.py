@@ -15,8 +15,8 @@ from common import keys
 from common.heartbeats import write_heartbeat
 from common.job_store import JobStore
 from common.schemas import WorkerInfo
+from tests.constants import FAKE_MODEL
 from tests.integration.gateway_app import (
-    MODEL,
     Keys,
     add_adapter,
     code,
@@ -31,8 +31,8 @@ def refusals(lora_id: str) -> list[tuple[str, dict[str, object]]]:
     job = job_body(lora_id=lora_id)
     return [
         ("/v1/jobs", job),
-        (f"/v1/encode/{MODEL}", {"items": job["items"], "params": job["params"]}),
-        ("/v1/embeddings", {"model": f"{MODEL}:{lora_id}", "input": "x"}),
+        (f"/v1/encode/{FAKE_MODEL}", {"items": job["items"], "params": job["params"]}),
+        ("/v1/embeddings", {"model": f"{FAKE_MODEL}:{lora_id}", "input": "x"}),
     ]
 
 
@@ -72,7 +72,7 @@ def test_workers_view_shows_a_key_only_its_own_adapters(redis_url: str, tmp_path
     s = settings(redis_url, tmp_path, entries)
     now = time.time()
     worker = WorkerInfo(
-        id="gpu-host-7-4242", model=MODEL, queues=[keys.shard_queue(MODEL, 0)],
+        id="gpu-host-7-4242", model=FAKE_MODEL, queues=[keys.shard_queue(FAKE_MODEL, 0)],
         warm_adapters=["acme/a0", "globex/secret-project"], started_at=now, seen_at=now,
     )  # fmt: skip
     write_heartbeat(redis.Redis.from_url(redis_url), worker, heartbeat_s=60)
@@ -86,10 +86,10 @@ def test_workers_view_shows_a_key_only_its_own_adapters(redis_url: str, tmp_path
             }
 
     views = asyncio.run(scenario())
-    full = views["ops"].json()["models"][MODEL]
+    full = views["ops"].json()["models"][FAKE_MODEL]
     assert [w["id"] for w in full["workers"]] == [worker.id]
     assert full["workers"][0]["warm_adapters"] == worker.warm_adapters
-    acme, globex = (views[t].json()["models"][MODEL] for t in ("acme", "globex"))
+    acme, globex = (views[t].json()["models"][FAKE_MODEL] for t in ("acme", "globex"))
     assert acme == {"queued": 0, "live_workers": 1, "warm_adapters": ["acme/a0"]}
     assert globex["warm_adapters"] == [], "a key without an allowlist owns no adapter"
     for tenant in ("acme", "globex"):

@@ -17,12 +17,11 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from common.job_store import JobStore
 from common.settings import BatchSettings, Settings
+from tests.constants import FAKE_MODEL
 from tests.fakes import DIMS, FakeAdapters, FakeEngine, fake_vector
 from worker.batcher import Batcher
 from worker.celery_app import make_worker_app
 from worker.runner import JobRunner
-
-MODEL = FakeEngine.model_id
 
 
 @pytest.fixture
@@ -31,9 +30,9 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
     (tmp_path / "org" / "known" / "adapter_config.json").write_text("{}")
     return Settings(
         redis_url=redis_url,
-        models={MODEL: str(tmp_path)},
+        models={FAKE_MODEL: str(tmp_path)},
         adapters={"dir": tmp_path},
-        worker={"model": MODEL},
+        worker={"model": FAKE_MODEL},
         sync_timeout_s=10,
         auth={"mode": "disabled"},
     )
@@ -73,7 +72,11 @@ def wait_done(client: TestClient, job_id: str, timeout: float = 20) -> dict[str,
 
 
 def submit(client: TestClient, texts: list[str], **options: Any) -> str:
-    body = {"model": MODEL, "items": [{"text": t} for t in texts], "params": {"options": options}}
+    body = {
+        "model": FAKE_MODEL,
+        "items": [{"text": t} for t in texts],
+        "params": {"options": options},
+    }
     response = client.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
@@ -110,7 +113,7 @@ def test_worker_side_failures_are_stored(client: TestClient, worker: FakeAdapter
 
 def test_sync_encode_waits_for_the_worker(client: TestClient, worker: FakeAdapters) -> None:
     response = client.post(
-        f"/v1/encode/{MODEL}",
+        f"/v1/encode/{FAKE_MODEL}",
         json={"items": [{"text": "hello"}], "params": {"options": {"lora_id": "org/known"}}},
         headers={"accept": "application/json"},
     )
@@ -127,9 +130,9 @@ def test_readyz_sees_heartbeats(client: TestClient, settings: Settings) -> None:
     assert client.get("/readyz").status_code == 503
     r = redis.Redis.from_url(settings.redis_url)
     now = time.time()
-    info = WorkerInfo(id="w1", model=MODEL, queues=["q"], started_at=now, seen_at=now)
+    info = WorkerInfo(id="w1", model=FAKE_MODEL, queues=["q"], started_at=now, seen_at=now)
     write_heartbeat(r, info, heartbeat_s=5)
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["workers"][MODEL] == 1
+    assert ready.status_code == 200 and ready.json()["workers"][FAKE_MODEL] == 1
     remove_worker(r, "w1")
     assert client.get("/readyz").status_code == 503

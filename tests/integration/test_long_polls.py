@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from api.submit import new_job_id
 from common.job_store import AsyncJobStore
 from common.schemas import JobStatus, StoredJob
-from tests.integration.gateway_app import MODEL, Keys, gateway, settings
+from tests.constants import FAKE_MODEL
+from tests.integration.gateway_app import Keys, gateway, settings
 
 POLLS = 300
 
@@ -30,7 +31,7 @@ def test_hundreds_of_long_polls_are_all_answered(redis_url: str, tmp_path: Path)
         ids = [new_job_id() for _ in range(POLLS)]
         for job_id in ids:
             job = StoredJob(
-                id=job_id, status=JobStatus.QUEUED, model=MODEL, n_items=1,
+                id=job_id, status=JobStatus.QUEUED, model=FAKE_MODEL, n_items=1,
                 created_at=time.time(), tenant="acme",
             )  # fmt: skip
             await store.create(job, b"{}", "q")

@@ -22,10 +22,10 @@ import pytest
 from api.placement import Route, Router, WorkerView
 from common import keys
 from common.hashing import stable_hash
+from tests.constants import FAKE_MODEL
 
 pytestmark = pytest.mark.unit
 
-MODEL = "org/model"
 SEEN = 1000.0  # when the test heartbeats were taken
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ class Clock:
 
 
 def queues_of(i: int) -> tuple[str, ...]:
-    return (keys.shard_queue(MODEL, 2 * i), keys.shard_queue(MODEL, 2 * i + 1))
+    return (keys.shard_queue(FAKE_MODEL, 2 * i), keys.shard_queue(FAKE_MODEL, 2 * i + 1))
 
 
 def view(
@@ -59,7 +59,7 @@ def view(
 
 
 def router_with(views: list[WorkerView], epsilon: float = 0.25) -> Router:
-    router = Router(MODEL, epsilon, clock=Clock())
+    router = Router(FAKE_MODEL, epsilon, clock=Clock())
     router.update(views)
     return router
 
@@ -81,10 +81,10 @@ def place(router: Router, lora_id: str | None, job_id: str) -> Route:
 
 
 def test_no_live_worker_goes_to_the_shared_queue() -> None:
-    router = Router(MODEL, clock=Clock())
-    assert router.route("a", "j1") == Route(keys.model_queue(MODEL), None, "no-worker")
+    router = Router(FAKE_MODEL, clock=Clock())
+    assert router.route("a", "j1") == Route(keys.model_queue(FAKE_MODEL), None, "no-worker")
     router.update([view(0, queues=())])  # alive but holding no shard: not a target
-    assert router.route(None, "j2") == Route(keys.model_queue(MODEL), None, "no-worker")
+    assert router.route(None, "j2") == Route(keys.model_queue(FAKE_MODEL), None, "no-worker")
 
 
 def test_a_warm_worker_under_the_cap_gets_its_adapters_jobs() -> None:
@@ -184,13 +184,13 @@ def test_routes_name_a_queue_of_the_chosen_worker() -> None:
         assert route.worker_id is not None
         assert route.queue in queues[route.worker_id]
         used.add(route.queue)
-    assert keys.model_queue(MODEL) not in used
+    assert keys.model_queue(FAKE_MODEL) not in used
     assert len(used) > len(views)  # both shards of a worker are used (by adapter hash)
 
 
 def test_a_newer_heartbeat_replaces_the_placements_it_counts() -> None:
     clock = Clock()
-    router = Router(MODEL, clock=clock)
+    router = Router(FAKE_MODEL, clock=clock)
     router.update([view(0, 0), view(1, 0)])
     for n in range(10):
         place(router, "hot", f"j{n}")
@@ -212,7 +212,7 @@ def test_placements_newer_than_the_heartbeat_survive_an_update() -> None:
 
 def test_completions_correct_the_heartbeat() -> None:
     clock = Clock()
-    router = Router(MODEL, clock=clock)
+    router = Router(FAKE_MODEL, clock=clock)
     router.update([view(0, 0)])
     place(router, "x", "before")
     heartbeat = clock()
@@ -229,7 +229,7 @@ def test_completions_correct_the_heartbeat() -> None:
 
 def test_a_completion_heard_before_the_heartbeat_that_counts_the_job() -> None:
     clock = Clock()
-    router = Router(MODEL, clock=clock)
+    router = Router(FAKE_MODEL, clock=clock)
     router.update([view(0, 0)])
     place(router, "x", "j1")  # placed after the heartbeat the router holds
     heartbeat = clock()  # the worker's next heartbeat counts j1 (backlog 1) ...
@@ -242,7 +242,7 @@ def test_a_job_counts_from_its_publish_not_its_route() -> None:
     """A heartbeat taken while a routed job's message is still being published does not count
     the job: the router must, or a burst lands above the cap."""
     clock = Clock()
-    router = Router(MODEL, clock=clock)
+    router = Router(FAKE_MODEL, clock=clock)
     router.update([view(0, 0)])
     router.route("x", "j1")
     heartbeat = clock()  # j1 is not on its queue yet: backlog 0
@@ -261,7 +261,7 @@ def test_a_completion_the_heartbeat_may_count_is_not_taken_off() -> None:
     that interval: the router keeps counting it (erring towards busy) until a heartbeat surely
     taken after it; a job that finished after `to` is surely counted, and comes off."""
     clock = Clock()
-    router = Router(MODEL, clock=clock)
+    router = Router(FAKE_MODEL, clock=clock)
     router.update([view(0, 0)])
     place(router, "x", "j1")
     place(router, "x", "j2")
@@ -288,10 +288,12 @@ def test_a_job_whose_publish_failed_comes_off() -> None:
 
 
 _ROUTES_SCRIPT = """
-import json
+import json, sys
 from api.placement import Router, WorkerView
-router = Router("org/model", clock=lambda: 2000.0)
-queues = lambda i: (f"jobs.org-model.{2 * i}", f"jobs.org-model.{2 * i + 1}")
+from common import keys
+model = sys.argv[1]
+router = Router(model, clock=lambda: 2000.0)
+queues = lambda i: (keys.shard_queue(model, 2 * i), keys.shard_queue(model, 2 * i + 1))
 router.update([WorkerView(f"w{i}", queues(i), frozenset(), 1000, 1e3, 1e3) for i in range(5)])
 print(json.dumps([router.route(f"a{a}", f"j{a}").queue for a in range(30)]))
 """
@@ -303,7 +305,7 @@ def test_routes_are_the_same_in_every_process() -> None:
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         run = subprocess.run(
-            [sys.executable, "-c", _ROUTES_SCRIPT],
+            [sys.executable, "-c", _ROUTES_SCRIPT, FAKE_MODEL],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -312,7 +314,7 @@ def test_routes_are_the_same_in_every_process() -> None:
             timeout=60,
         )
         outputs.append(json.loads(run.stdout))
-    router = Router(MODEL, clock=lambda: 2000.0)
+    router = Router(FAKE_MODEL, clock=lambda: 2000.0)
     router.update([view(i, 1000, seen_at=1000.0) for i in range(5)])
     here = [router.route(f"a{a}", f"j{a}").queue for a in range(30)]
     assert outputs[0] == outputs[1] == here

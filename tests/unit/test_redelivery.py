@@ -11,14 +11,13 @@ import pytest
 from common import keys
 from common.job_store import AsyncJobStore, JobStore
 from common.schemas import EncodeMessage, JobStatus, StoredJob
+from tests.constants import FAKE_MODEL
 from worker.redelivery import Overdue, Redeliverer, decide
-
-MODEL = "org/model"
 
 
 def message(job_id: str) -> EncodeMessage:
     return EncodeMessage(
-        job_id=job_id, model=MODEL, lora_id=None, texts=["x"], normalize=None, truncate=True,
+        job_id=job_id, model=FAKE_MODEL, lora_id=None, texts=["x"], normalize=None, truncate=True,
         enqueued_at=0.0,
     )  # fmt: skip
 
@@ -29,7 +28,7 @@ def submit(
     async def create() -> None:
         client = fakeredis.FakeAsyncRedis(server=server)
         job = StoredJob(
-            id=job_id, status=JobStatus.QUEUED, model=MODEL, n_items=1, created_at=created_at,
+            id=job_id, status=JobStatus.QUEUED, model=FAKE_MODEL, n_items=1, created_at=created_at,
             tenant=tenant,
         )  # fmt: skip
         await AsyncJobStore(client, 60, redeliver_after_s=10).create(
@@ -53,7 +52,7 @@ def test_overdue_jobs_are_published_again_and_rescheduled() -> None:
     sweeper = Redeliverer(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w1")
 
     assert sweeper.sweep(now=100.0) == 1
-    assert published == [("job_lost", keys.model_queue(MODEL))]
+    assert published == [("job_lost", keys.model_queue(FAKE_MODEL))]
     assert r.zscore(keys.PENDING_ZSET, "job_lost") == 110.0
     # Another worker in the same interval finds the sweep taken.
     other = Redeliverer(store, lambda m, q: published.append((m.job_id, q)), 5.0, "w2")
