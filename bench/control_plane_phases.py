@@ -118,7 +118,7 @@ class InProcessCosts:
         from worker.tokenizing import WorkerTokenizer
 
         torch.set_num_threads(1)  # as the benchmark's worker (LORAQ_WORKER__TORCH_THREADS)
-        self.engine = Engine(DEFAULT_MODEL_ID, model_dir)
+        self.engine = Engine.load(DEFAULT_MODEL_ID, model_dir)
         self.tokenizer = WorkerTokenizer(DEFAULT_MODEL_ID, model_dir, self.engine.default_normalize)
 
     def tokenize_ms_per_job(self, payloads: Sequence[Payload]) -> float:

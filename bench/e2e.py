@@ -77,7 +77,7 @@ class InProcess:
         from worker.engine.engine import Engine
         from worker.tokenizing import WorkerTokenizer
 
-        self.engine = Engine(DEFAULT_MODEL_ID, model_dir)
+        self.engine = Engine.load(DEFAULT_MODEL_ID, model_dir)
         self.tokenizer = WorkerTokenizer(DEFAULT_MODEL_ID, model_dir, self.engine.default_normalize)
         self.cache = AdapterCache(
             ChainSource([LocalDirSource(adapter_dir)]).fetch,

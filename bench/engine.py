@@ -189,7 +189,7 @@ def bench_engines(shape: Shape, model_dir: Path, report: Report) -> None:
 
 def engine_configs(shape: Shape, model_dir: Path, vocab: int, rank: int) -> list[Config]:
     counts = (1, 8, 64, 256) if rank == 16 else (64,)
-    engine = Engine(
+    engine = Engine.load(
         DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype,
         n_slots=max(counts), max_rank=rank,
     )  # fmt: skip
@@ -256,7 +256,9 @@ def write_peft_files(engine: Engine, out: Path, index: int, rank: int = 16) -> N
 
 
 def bench_cold_load(shape: Shape, model_dir: Path, work: Path, n: int = 20) -> dict[str, float]:
-    engine = Engine(DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype, n_slots=n)
+    engine = Engine.load(
+        DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype, n_slots=n
+    )
     root = work / "adapters"
     for i in range(n + 1):
         write_peft_files(engine, root / f"cold/a{i}", i)
@@ -316,7 +318,7 @@ def bench_mixed_lengths(shape: Shape, model_dir: Path) -> dict[str, Any]:
         for ids, mask in padded_batches:
             hf(input_ids=ids, attention_mask=mask)
 
-    engine = Engine(DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype)
+    engine = Engine.load(DEFAULT_MODEL_ID, model_dir, device=shape.device, dtype=shape.dtype)
     batches = form_batches(lengths, shape.mixed_budget, 256)
     row_batches = [[Row(seqs[i], None, True) for i in batch] for batch in batches]
 

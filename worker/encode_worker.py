@@ -63,7 +63,7 @@ class EncodeWorker:
         self.shared_queue = keys.model_queue(ws.model)
         self.started_at = time.time()
         model_dir = resolve_model_path(settings.models[ws.model])
-        self.engine = Engine(
+        self.engine = Engine.load(
             ws.model,
             model_dir,
             device=ws.device,

@@ -67,7 +67,7 @@ def encode_mixed(
 
 @pytest.mark.parametrize("backend", ["bmm", "segment"])
 def test_cuda_fp32_matches_peft(model_dir: Path, adapters: dict[str, Path], backend: str) -> None:
-    engine = Engine(
+    engine = Engine.load(
         DEFAULT_MODEL_ID, model_dir, device="cuda", dtype="float32", n_slots=4, lora_backend=backend
     )
     got = encode_mixed(engine, model_dir, adapters)
@@ -77,7 +77,7 @@ def test_cuda_fp32_matches_peft(model_dir: Path, adapters: dict[str, Path], back
 
 
 def test_cuda_bf16_close_to_fp32(model_dir: Path, adapters: dict[str, Path]) -> None:
-    engine = Engine(DEFAULT_MODEL_ID, model_dir, device="cuda", dtype="bfloat16", n_slots=4)
+    engine = Engine.load(DEFAULT_MODEL_ID, model_dir, device="cuda", dtype="bfloat16", n_slots=4)
     got = encode_mixed(engine, model_dir, adapters)
     for lora_id, vectors in got.items():
         expected = peft_embeddings(model_dir, adapters[lora_id] if lora_id else None, TEXTS)

@@ -28,7 +28,7 @@ from worker.engine.lora import (
     Segment,
 )
 from worker.engine.packing import pack
-from worker.engine.pooling import PoolingMode, pool
+from worker.engine.pooling import PoolingMode, SentenceConfig, pool
 from worker.engine.types import Row
 
 pytestmark = [
@@ -222,7 +222,10 @@ def make_setup(make_base, make_adapter, kind: str) -> dict[str, Any]:
         weights = read_adapter(lora_id, dirs[lora_id], info, RULES)
         lora_pool.write(slot, weights)
     rows = random_rows([n for n, _ in MIXED], seed=7)
-    return {"base": base, "encoder": encoder, "pool": lora_pool, "dirs": dirs, "rows": rows}
+    return {
+        "base": base, "encoder": encoder, "pool": lora_pool, "info": info, "dirs": dirs,
+        "rows": rows,
+    }  # fmt: skip
 
 
 def reference(make_base, kind: str, setup: dict[str, Any]) -> torch.Tensor:
@@ -311,16 +314,9 @@ def test_mixed_batch_matches_peft(adapters_case, backend: str, chunk: int) -> No
 
 
 def bare_engine(setup: dict[str, Any], backend: str) -> Engine:
-    """An `Engine` around the test's encoder and pool, skipping the model-dir loading."""
-    engine = Engine.__new__(Engine)
-    engine.device = CPU
-    engine.encoder = setup["encoder"]
-    engine.pool = setup["pool"]
-    engine.pooling = PoolingMode.MEAN
-    engine.dims = 32
-    engine.lora_backend = backend
-    engine.varlen_attention = False
-    return engine
+    """An `Engine` around the test's own encoder and pool (no model directory to load)."""
+    sentence = SentenceConfig(PoolingMode.MEAN, normalize=False)
+    return Engine(setup["encoder"], setup["pool"], setup["info"], sentence, backend)
 
 
 @pytest.mark.parametrize("backend", ["segment", "bmm"])
@@ -439,7 +435,7 @@ def test_eight_adapters_and_base_rows_equal_rows_alone(
     for slot, config in enumerate(EIGHT):
         path = make_adapter(f"eight-{slot}", seed=40 + slot, **config)
         lora_pool.write(slot, read_adapter(f"org/e{slot}", path, info, RULES))
-    engine = bare_engine({"encoder": encoder, "pool": lora_pool}, backend)
+    engine = bare_engine({"encoder": encoder, "pool": lora_pool, "info": info}, backend)
     lengths = [3 + (7 * i) % 13 for i in range(27)]
     slots: list[int | None] = [None if i % 3 == 0 else i % 8 for i in range(27)]
     rows = [

@@ -16,15 +16,43 @@ import torch
 from worker.engine.encoder import PackedEncoder
 from worker.engine.lora import AdapterWeights, LoraBatch, LoraPool, Segment
 from worker.engine.packing import pack
-from worker.engine.pooling import normalize_rows, pool, read_sentence_config
+from worker.engine.pooling import SentenceConfig, normalize_rows, pool, read_sentence_config
 from worker.engine.types import BaseModelInfo, Row
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Engine:
+    """Built from its parts, so a test can hand it an encoder and pool it made itself; `load`
+    builds those parts from a model directory."""
+
     def __init__(
         self,
+        encoder: PackedEncoder,
+        pool: LoraPool,
+        base_info: BaseModelInfo,
+        sentence: SentenceConfig,
+        lora_backend: str | None = None,
+    ) -> None:
+        weight = next(encoder.parameters())
+        self.device, dtype = weight.device, weight.dtype
+        self.encoder = encoder
+        self.pool = pool
+        self.varlen_attention = encoder.use_varlen_attention(self.device, dtype)
+        self.pooling = sentence.pooling
+        self.default_normalize = sentence.normalize
+        self.dims = encoder.hidden_size
+        self._copy_stream = (
+            torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+            if self.device.type == "cuda"
+            else None
+        )
+        self.lora_backend = lora_backend or ("segment" if self.device.type == "cpu" else "bmm")
+        self._base_info = base_info
+
+    @classmethod
+    def load(
+        cls,
         model_id: str,
         model_dir: Path,
         *,
@@ -33,34 +61,22 @@ class Engine:
         n_slots: int = 32,
         max_rank: int = 64,
         lora_backend: str | None = None,
-    ) -> None:
+    ) -> Engine:
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-        self.model_id = model_id
-        self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
-        hf = AutoModel.from_pretrained(model_dir, dtype=self.dtype)
-        self.encoder = PackedEncoder(hf).to(self.device).eval()
-        self.varlen_attention = self.encoder.use_varlen_attention(self.device, self.dtype)
-        sentence = read_sentence_config(model_dir)
-        self.pooling = sentence.pooling
-        self.default_normalize = sentence.normalize
-        self.dims = self.encoder.hidden_size
-        self.pool = LoraPool(self.encoder.lora_groups(), n_slots, max_rank, self.device, self.dtype)
-        self._copy_stream = (
-            torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
-            if self.device.type == "cuda"
-            else None
-        )
-        self.lora_backend = lora_backend or ("segment" if self.device.type == "cpu" else "bmm")
-        self._base_info = BaseModelInfo(
+        torch_device, torch_dtype = torch.device(device), _DTYPES[dtype]
+        hf = AutoModel.from_pretrained(model_dir, dtype=torch_dtype)
+        encoder = PackedEncoder(hf).to(torch_device).eval()
+        pool = LoraPool(encoder.lora_groups(), n_slots, max_rank, torch_device, torch_dtype)
+        base_info = BaseModelInfo(
             model_id=model_id,
             aliases=frozenset({model_id, str(model_dir), hf.config.name_or_path}),
-            modules=self.encoder.target_modules(),
+            modules=encoder.target_modules(),
         )
+        return cls(encoder, pool, base_info, read_sentence_config(model_dir), lora_backend)
 
     def base_model_info(self) -> BaseModelInfo:
         """What an adapter is validated against before `write_slot` takes it: the names this
