@@ -94,6 +94,32 @@ class AdapterSettings(_Section):
         return self.hub or self.s3_uri is not None
 
 
+class BulkSettings(_Section):
+    """Files and batches (OpenAI's Batch API for `/v1/embeddings`): where files live, what one
+    tenant may hold, and how a batch runs as chunk jobs beside interactive work."""
+
+    #: The object store for uploaded and produced files: a local directory (the embedded
+    #: default) or `s3://bucket/prefix` (needs the `s3` extra). Redis holds only their records.
+    store: str = ".loraq/files"
+    #: An S3-compatible endpoint (MinIO, a test server); empty: AWS.
+    s3_endpoint: str | None = None
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    max_lines: int = Field(1_000_000, ge=1)
+    max_files_per_tenant: int = Field(1000, ge=1)
+    max_open_batches_per_tenant: int = Field(10, ge=1)
+    #: Texts per chunk job; a chunk holds lines of one model and adapter.
+    chunk_items: int = Field(256, ge=1)
+    #: Chunk jobs of one batch queued or running at once: bounds the texts a batch keeps in
+    #: Redis and how much of the workers it takes from interactive jobs.
+    chunks_in_flight: int = Field(8, ge=1)
+    #: How long a gateway owns a batch it drives without renewing; another takes it after.
+    lease_ttl_s: float = Field(30.0, gt=0)
+    #: How often a gateway looks for batches without a driver, and polls its own.
+    poll_s: float = Field(0.5, gt=0)
+    #: Files and finished batches are kept this long (OpenAI keeps batch output 30 days).
+    retention_s: int = Field(30 * 24 * 3600, ge=60)
+
+
 class RoutingSettings(_Section):
     """Adapter-affinity routing over shard queues whose consumption is leased in Redis."""
 
@@ -245,6 +271,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     webhooks: WebhookSettings = WebhookSettings()
     auth: AuthSettings = AuthSettings()
+    bulk: BulkSettings = BulkSettings()
 
     @field_validator("models")
     @classmethod
