@@ -266,3 +266,43 @@ class AdapterOutsideDir(AdapterInvalid):
     """The adapter's directory or one of its files links outside the adapter directory."""
 
     code = "ADAPTER_OUTSIDE_DIR"
+
+
+class FileNotFound(Permanent):
+    """Missing and not yours answer the same, so a file id never tells who else has files."""
+
+    code = "FILE_NOT_FOUND"
+    http_status = 404
+
+
+class FileTooLarge(Permanent):
+    code = "FILE_TOO_LARGE"
+    http_status = 413
+
+
+class InvalidFile(Permanent):
+    """A file a batch cannot use at all (not UTF-8 JSON lines, too many lines, empty); a single
+    bad line does not fail its batch, it goes to the error file."""
+
+    code = "INVALID_FILE"
+    http_status = 400
+
+
+class TooManyFiles(Retryable):
+    code = "TOO_MANY_FILES"
+    http_status = 429
+
+
+class BatchNotFound(Permanent):
+    code = "BATCH_NOT_FOUND"
+    http_status = 404
+
+
+class BatchNotCancellable(Permanent):
+    code = "BATCH_NOT_CANCELLABLE"
+    http_status = 409
+
+
+class TooManyBatches(Retryable):
+    code = "TOO_MANY_BATCHES"
+    http_status = 429

@@ -20,6 +20,13 @@
 | loraq:lease:{model}:{shard}        | string  | routing.lease_ttl_s | worker.shard_leases (Lua)   |
 | loraq:dead-letter                  | list    | -                   | worker.runner         |
 | loraq:worker:{worker_id}           | string  | 3 heartbeats        | worker heartbeat      |
+| loraq:file:{<id>}                  | hash    | bulk.retention_s    | api.files             |
+| loraq:files:{tenant}               | zset    | -                   | api.files             |
+| loraq:batch:{<id>}                 | hash    | bulk.retention_s    | api.batches           |
+| loraq:batch:{<id>}:chunks          | hash    | with the batch      | api.batch_runner      |
+| loraq:batch:{<id>}:lease           | string  | bulk.lease_ttl_s    | api.batch_runner      |
+| loraq:batches:{tenant}             | zset    | -                   | api.batches           |
+| loraq:batches:open                 | zset    | members: until term.| api.batches           |
 | loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
 | loraq:celery:unacked(_index/mutex) | hash... | -                   | kombu (Celery broker) |
 
@@ -46,6 +53,8 @@ QUEUED_JOBS = PREFIX + "quota:queued-jobs"
 WEBHOOK_QUEUE = "webhooks"
 TASK_WEBHOOK = "loraq.webhook"
 SWEEP_LOCK = PREFIX + "sweep-lock"
+#: Batches not yet terminal (scored by creation time): what gateways drive.
+OPEN_BATCHES = PREFIX + "batches:open"
 TASK_ENCODE = "loraq.encode"
 
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
@@ -123,3 +132,31 @@ def lease(model_id: str, shard: int) -> str:
 def queue_list(queue: str) -> str:
     """The Redis list kombu keeps a queue's messages in."""
     return KOMBU_PREFIX + queue
+
+
+def file(file_id: str) -> str:
+    return f"{PREFIX}file:{{{file_id}}}"
+
+
+def tenant_files(tenant: str) -> str:
+    """A tenant's file ids scored by creation time: listing, paging and the per-tenant cap."""
+    return f"{PREFIX}files:{tenant}"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}batch:{{{batch_id}}}"
+
+
+def batch_chunks(batch_id: str) -> str:
+    """Chunk index -> its job id, then `done` once its output part is written: what a gateway
+    taking over a batch resumes from, so no line is answered twice."""
+    return f"{PREFIX}batch:{{{batch_id}}}:chunks"
+
+
+def batch_lease(batch_id: str) -> str:
+    """The gateway driving the batch; its TTL lapses if that gateway dies, and another takes it."""
+    return f"{PREFIX}batch:{{{batch_id}}}:lease"
+
+
+def tenant_batches(tenant: str) -> str:
+    return f"{PREFIX}batches:{tenant}"
