@@ -87,4 +87,7 @@ def publish_webhook(app: Celery, job_id: str) -> None:
 def enqueue(client: redis.Redis, message: EncodeMessage, queue: str) -> None:
     """Push a job's message onto `queue` again (the sweeper's republish of a lost message)."""
     raw = message.model_dump_json().encode()
-    client.lpush(keys.queue_list(queue), envelope(raw, message.job_id, queue))
+    priority = message.priority
+    client.lpush(
+        keys.queue_list(queue, priority), envelope(raw, message.job_id, queue, priority)
+    )

@@ -19,11 +19,12 @@ from common import keys
 _EMBED = b'{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 
 
-def envelope(message: bytes, job_id: str, queue: str) -> bytes:
+def envelope(message: bytes, job_id: str, queue: str, priority: int = 0) -> bytes:
     """The queue entry of an encode task whose argument is `message` (an `EncodeMessage` as
     JSON). Its `argsrepr`, which Celery logs, holds the job id only, never the tenant's texts;
     the delivery tag, under which the broker keeps the message while a worker holds it unacked,
-    is unique per entry."""
+    is unique per entry. `priority` must match the list the entry is pushed to: kombu puts an
+    unacked message back on the list of the priority it reads here."""
     body = b"[[" + message + b"], {}, " + _EMBED + b"]"
     headers: dict[str, object] = {
         "lang": "py", "task": keys.TASK_ENCODE, "id": job_id, "shadow": None, "eta": None,
@@ -41,7 +42,7 @@ def envelope(message: bytes, job_id: str, queue: str) -> bytes:
             "correlation_id": job_id,
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
+            "priority": priority,
             "body_encoding": "base64",
             "delivery_tag": secrets.token_hex(16),
         },

@@ -132,8 +132,10 @@ return 0
 # ARGV: job id, message, ttl, redelivery deadline, tenant ('' = no item quota), items, item
 #       limit, the tenant's queued-jobs field ('' = no share), its job limit, the queue entry
 #       (`common.celery_wire.envelope`), then the record's fields as name, value pairs.
-# Creates nothing and answers {0, count, 'items' | 'jobs'} if a quota would overflow.
+# Creates nothing and answers {0, count, 'items' | 'jobs'} if a quota would overflow, and
+# {1, 1} if the job exists already.
 _CREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 1} end
 if ARGV[8] ~= '' then
   local held = tonumber(redis.call('HGET', KEYS[5], ARGV[8]) or '0')
   if held >= tonumber(ARGV[9]) then return {0, held, 'jobs'} end
@@ -453,13 +455,15 @@ class AsyncJobStore:
         queue: str,
         max_queued_items: int | None = None,
         max_model_jobs: int | None = None,
+        priority: int = 0,
     ) -> tuple[str, int] | None:
         """The record, a copy of its queue message, its redelivery deadline and the message on
         `queue`, in one step (if the broker loses the message, the sweeper publishes the copy
         again). With limits, the job's items are reserved against its tenant's item quota, and
         the job against the tenant's share of its model's queue, in the same step; if either is
         full, nothing is created and the answer names it (`items` or `jobs`) with the tenant's
-        count there."""
+        count there. A job that exists already is left as it is (a batch resuming its chunks
+        after a gateway restart submits them again under the same ids)."""
         tenant = job.tenant or ""
         items = bool(tenant) and max_queued_items is not None
         share = keys.tenant_model_field(tenant, job.model) if tenant and max_model_jobs else ""
@@ -470,7 +474,7 @@ class AsyncJobStore:
         reply = await self._create(
             keys=[
                 keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET,
-                keys.QUEUED_ITEMS, keys.QUEUED_JOBS, keys.queue_list(queue),
+                keys.QUEUED_ITEMS, keys.QUEUED_JOBS, keys.queue_list(queue, priority),
             ],
             args=[
                 job.id,
@@ -482,7 +486,7 @@ class AsyncJobStore:
                 max_queued_items or 0,
                 share,
                 max_model_jobs or 0,
-                envelope(message, job.id, queue),
+                envelope(message, job.id, queue, priority),
                 *(part for field in encode_job(job).items() for part in field),
             ],
         )  # fmt: skip

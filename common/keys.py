@@ -57,6 +57,11 @@ SWEEP_LOCK = PREFIX + "sweep-lock"
 OPEN_BATCHES = PREFIX + "batches:open"
 TASK_ENCODE = "loraq.encode"
 
+#: The kombu priority of batch chunk jobs (one of kombu's steps 0, 3, 6, 9; 9 is the lowest).
+BULK_PRIORITY = 9
+#: kombu's separator between a queue's name and a priority (`Channel.sep`).
+_KOMBU_PRIORITY_SEP = "\x06\x16"
+
 _SLUG_RE = re.compile(r"[^a-z0-9]+")
 
 
@@ -129,9 +134,11 @@ def lease(model_id: str, shard: int) -> str:
     return f"{PREFIX}lease:{model_slug(model_id)}:{shard}"
 
 
-def queue_list(queue: str) -> str:
-    """The Redis list kombu keeps a queue's messages in."""
-    return KOMBU_PREFIX + queue
+def queue_list(queue: str, priority: int = 0) -> str:
+    """The Redis list kombu keeps a queue's messages of one priority in. Consumers pop every
+    queue's priority-0 list before any other (kombu's Redis transport: 0 is the highest), so
+    batch chunks (`BULK_PRIORITY`) wait while interactive jobs are queued."""
+    return KOMBU_PREFIX + queue + (f"{_KOMBU_PRIORITY_SEP}{priority}" if priority else "")
 
 
 def file(file_id: str) -> str:

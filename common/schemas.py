@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from common import keys
 from common.errors import InvalidLoraId
 
 # An adapter id is `name` or `org/name`; each part starts with a letter or digit, so `.`/`..`
@@ -75,6 +76,12 @@ class EncodeMessage(BaseModel):
     #: Set when the gateway tokenized the texts; workers older than this field refuse it, so
     #: upgrade workers before gateways.
     token_ids: TokenIds | None = None
+    #: A batch's chunk: queued at `keys.BULK_PRIORITY`, and batched after interactive rows.
+    bulk: bool = False
+
+    @property
+    def priority(self) -> int:
+        return keys.BULK_PRIORITY if self.bulk else 0
 
 
 class StoredJob(BaseModel):

@@ -13,6 +13,10 @@ drain: GPU busy 0.70 -> 0.77 with 16-item jobs).
 A forward that raises is retried on halves of its jobs until the failing job is alone, then only
 that job fails (`ENCODE_FAILED`); the other jobs of the batch still get their vectors.
 
+Rows of batch chunks (`bulk`) wait in a queue of their own: a window takes interactive rows
+first and fills up with bulk rows, so a batch of a million lines delays an interactive job by at
+most the forward in progress.
+
 A job submitted with a key (its job id) is checked at batch boundaries, through `ended`, for
 having ended elsewhere (cancelled, or finished by another delivery): then its rows still pending
 are dropped and its future fails with `JobStopped`. Each job is checked at most once per
@@ -122,6 +126,7 @@ class Batcher:
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: deque[_Entry] = deque()
+        self._bulk: deque[_Entry] = deque()
         self._pending_tokens = 0
         self._backlog = False
         self._stopping = False
@@ -142,10 +147,13 @@ class Batcher:
 
     def backlog(self) -> int:
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + len(self._bulk)
 
-    def submit(self, rows: Sequence[Row], key: str | None = None) -> Future[JobOutput]:
-        """`key`: the job's id, for `ended` to check; None: never checked."""
+    def submit(
+        self, rows: Sequence[Row], key: str | None = None, bulk: bool = False
+    ) -> Future[JobOutput]:
+        """`key`: the job's id, for `ended` to check; None: never checked. `bulk`: rows of a
+        batch chunk, taken only after every interactive row."""
         future: Future[JobOutput] = Future()
         now = self._clock()
         vectors = np.empty((len(rows), self._dims), np.float32)
@@ -156,10 +164,11 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("batcher is stopping")
-            idle = not self._pending
+            idle = not self._pending and not self._bulk
+            queue = self._bulk if bulk else self._pending
             for i in range(len(rows)):
                 entry = _Entry(job, i, now)
-                self._pending.append(entry)
+                queue.append(entry)
                 self._pending_tokens += entry.length
             # The batch thread waits for a first row, then for a full window or its deadline:
             # only those two need waking. Waking it on every submit cost a thread switch per
@@ -182,17 +191,19 @@ class Batcher:
 
     def _full(self) -> bool:
         s = self._settings
-        return len(self._pending) >= s.max_items or self._pending_tokens >= s.max_tokens
+        rows = len(self._pending) + len(self._bulk)
+        return rows >= s.max_items or self._pending_tokens >= s.max_tokens
 
     def _next_window(self) -> list[_Entry] | None:
         s = self._settings
         with self._cond:
-            while not self._pending:
+            while not self._pending and not self._bulk:
                 if self._stopping:
                     return None
                 self._backlog = False
                 self._cond.wait()
-            deadline = self._pending[0].arrived + s.max_wait_ms / 1000
+            first = min(q[0].arrived for q in (self._pending, self._bulk) if q)
+            deadline = first + s.max_wait_ms / 1000
             while not self._backlog and not self._full() and not self._stopping:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
@@ -200,19 +211,20 @@ class Batcher:
                 self._cond.wait(remaining)
             window: list[_Entry] = []
             longest = 0
-            while self._pending and (
-                not window
-                or (
-                    len(window) < s.max_items
-                    and (len(window) + 1) * max(longest, self._pending[0].length) <= s.max_tokens
-                )
-            ):
-                entry = self._pending.popleft()
-                self._pending_tokens -= entry.length
-                longest = max(longest, entry.length)
-                window.append(entry)
+            for queue in (self._pending, self._bulk):
+                while queue and (
+                    not window
+                    or (
+                        len(window) < s.max_items
+                        and (len(window) + 1) * max(longest, queue[0].length) <= s.max_tokens
+                    )
+                ):
+                    entry = queue.popleft()
+                    self._pending_tokens -= entry.length
+                    longest = max(longest, entry.length)
+                    window.append(entry)
             # Rows left because this batch was full run next without waiting for company.
-            self._backlog = bool(self._pending)
+            self._backlog = bool(self._pending or self._bulk)
             return window
 
     def _stop_ended(self, batch: list[_Entry]) -> None:
@@ -241,9 +253,10 @@ class Batcher:
         if not stopped:
             return
         with self._cond:
-            kept = deque(e for e in self._pending if e.job not in stopped)
-            self._pending_tokens -= sum(e.length for e in self._pending if e.job in stopped)
-            self._pending = kept
+            for queue in (self._pending, self._bulk):
+                self._pending_tokens -= sum(e.length for e in queue if e.job in stopped)
+            self._pending = deque(e for e in self._pending if e.job not in stopped)
+            self._bulk = deque(e for e in self._bulk if e.job not in stopped)
         for job in stopped:
             job.future.set_exception(JobStopped(f"job {job.key} ended elsewhere"))
 

@@ -66,7 +66,7 @@ class JobRunner:
         store: JobStore,
         tokenizer: Tokenizer,
         adapters: Leases,
-        submit: Callable[[Sequence[Row], str], Future[JobOutput]],
+        submit: Callable[[Sequence[Row], str, bool], Future[JobOutput]],
         max_deliveries: int = 3,
         worker_id: str = "",
         on_webhook_due: Callable[[str], None] = lambda job_id: None,
@@ -240,7 +240,7 @@ class JobRunner:
         try:
             slot = lease.slot if lease else None
             rows = [Row(t, slot, normalize) for t in tokens]
-            return self._submit(rows, message.job_id).result(), lease
+            return self._submit(rows, message.job_id, message.bulk).result(), lease
         finally:
             if lease is not None:
                 self._adapters.release(lease)

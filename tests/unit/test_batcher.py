@@ -93,6 +93,24 @@ def test_rows_of_several_jobs_share_one_batch(make_batcher, encode: FakeEncode) 
     assert batcher.stats.padded_tokens == 4 * 5
 
 
+def test_interactive_rows_go_before_bulk_rows_queued_earlier(make_batcher, encode) -> None:
+    """A batch chunk queued first still waits: the window takes interactive rows, then fills
+    with bulk rows, and bulk rows that do not fit run in the next batch."""
+    batcher = make_batcher(max_tokens=1000, max_items=4, max_wait_ms=0)
+    bulk = rows_of([3] * 6, first=100)
+    interactive = rows_of([3, 3], first=10)
+    bulk_future = batcher.submit(bulk, bulk=True)
+    interactive_future = batcher.submit(interactive)
+    batcher.start()
+    np.testing.assert_array_equal(
+        interactive_future.result(timeout=WAIT).vectors, expected(interactive)
+    )
+    np.testing.assert_array_equal(bulk_future.result(timeout=WAIT).vectors, expected(bulk))
+    first_batch = sorted(r.tokens[0] for r in encode.batches[0])
+    assert first_batch == [10, 11, 100, 101]
+    assert sorted(r.tokens[0] for r in encode.batches[1]) == [102, 103, 104, 105]
+
+
 def test_token_budget_and_max_items_respected(make_batcher, encode: FakeEncode) -> None:
     rng = np.random.default_rng(0)
     max_tokens, max_items = 64, 5

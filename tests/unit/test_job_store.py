@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 
 import fakeredis
@@ -404,3 +405,30 @@ def test_pending_deadlines_follow_the_job(
     store.succeed("job_p", 101.0, b"v", {})
     assert client.zscore(keys.PENDING_ZSET, "job_p") is None
     assert client.get(keys.job_message("job_p")) is None
+
+
+def test_create_leaves_an_existing_job_alone_and_bulk_goes_to_its_own_list(
+    server: fakeredis.FakeServer, client: fakeredis.FakeRedis, store: JobStore
+) -> None:
+    """A batch resuming after a gateway restart submits its chunks again under the same ids:
+    the second create changes nothing (no second message, no second quota reservation).
+    A chunk's message goes to the queue's lowest-priority list, with that priority inside."""
+
+    async def create_twice() -> None:
+        aclient = fakeredis.FakeAsyncRedis(server=server)
+        astore = AsyncJobStore(aclient, TTL)
+        job = _job("job_chunk", tenant="acme")
+        assert await astore.create(job, b"{}", "q", 100, None, keys.BULK_PRIORITY) is None
+        store.start("job_chunk", 5.0)
+        assert await astore.create(job, b"{}", "q", 100, None, keys.BULK_PRIORITY) is None
+        await aclient.aclose()
+
+    asyncio.run(create_twice())
+    running = store.get("job_chunk")
+    assert running is not None and running.status is JobStatus.RUNNING
+    assert client.llen(keys.queue_list("q")) == 0
+    assert client.llen(keys.queue_list("q", keys.BULK_PRIORITY)) == 1
+    assert client.hget(keys.QUEUED_ITEMS, "acme") == b"2"
+    entry = json.loads(client.lindex(keys.queue_list("q", keys.BULK_PRIORITY), 0))
+    assert entry["properties"]["priority"] == keys.BULK_PRIORITY
+    assert keys.queue_list("q", keys.BULK_PRIORITY) == "loraq:celery:q\x06\x169"

@@ -39,7 +39,7 @@ class ClaimWatch:
         return Transition(False, JobStatus.SUCCEEDED, 1)
 
 
-def never_submit(rows: Any, job_id: str) -> Future[JobOutput]:
+def never_submit(rows: Any, job_id: str, bulk: bool) -> Future[JobOutput]:
     raise AssertionError("a skipped job is never encoded")
 
 
@@ -80,7 +80,7 @@ def record(server: fakeredis.FakeServer, job_id: str, texts: int = 3) -> EncodeM
     return message
 
 
-def encoded(rows: Sequence[Row], job_id: str) -> Future[JobOutput]:
+def encoded(rows: Sequence[Row], job_id: str, bulk: bool = False) -> Future[JobOutput]:
     future: Future[JobOutput] = Future()
     future.set_result(JobOutput(np.zeros((len(rows), DIMS), np.float32), 1.0))
     return future
@@ -176,7 +176,7 @@ def test_the_gateways_token_ids_are_used_only_under_this_workers_tokenizer() -> 
     given = [[7, 8, 9], [10]]
     seen: list[list[list[int]]] = []
 
-    def capture(rows: Sequence[Row], job_id: str) -> Future[JobOutput]:
+    def capture(rows: Sequence[Row], job_id: str, bulk: bool) -> Future[JobOutput]:
         seen.append([row.tokens for row in rows])
         return encoded(rows, job_id)
 
