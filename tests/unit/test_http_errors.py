@@ -7,16 +7,14 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 from api.main import create_app
 from common.settings import Settings
-from loraq.stack import free_port, wait_until
+from tests.asgi_server import serve
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +25,8 @@ def server() -> Iterator[tuple[str, int]]:
         raise RuntimeError("a bug")
 
     app.add_api_route("/boom", boom)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="info")
-    running = uvicorn.Server(config)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: running.started, 30, "uvicorn")
-        yield "127.0.0.1", port
-    finally:
-        running.should_exit = True
-        thread.join(30)
+    with serve(app, lifespan="off") as url:
+        yield "127.0.0.1", httpx.URL(url).port
 
 
 @pytest.mark.parametrize(
