@@ -17,6 +17,10 @@ from common.settings import Settings
 from tests.constants import FAKE_MODEL
 
 SECRET = "whsec_" + "A" * 32
+#: The cluster view refreshes at start and when a test calls `refresh()`, never in the
+#: background: a refresh that the lifespan's end cancels can swallow the cancellation (redis-py
+#: does, at times), and `ClusterView.stop` then waits on its task for good.
+ROUTING = {"shards": 2, "refresh_s": 3600}
 
 
 class Keys:
@@ -36,17 +40,18 @@ class Keys:
 
 
 def settings(redis_url: str, root: Path, keys: list[dict[str, Any]], **extra: Any) -> Settings:
-    """`root/adapters` is the adapter directory; the model has no files (no tokenizer)."""
+    """`root/adapters` is the adapter directory; the model has no files (no tokenizer) unless
+    `extra`, which overrides any of these, names other `models`."""
     (root / "adapters").mkdir(exist_ok=True)
-    return Settings(
-        redis_url=redis_url,
-        models={FAKE_MODEL: str(root)},
-        adapters={"dir": root / "adapters"},
-        routing={"shards": 2},
-        webhooks={"secret": SECRET},
-        auth={"mode": "keys", "keys": keys},
-        **extra,
-    )
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "models": {FAKE_MODEL: str(root)},
+        "adapters": {"dir": root / "adapters"},
+        "routing": ROUTING,
+        "webhooks": {"secret": SECRET},
+        "auth": {"mode": "keys", "keys": keys},
+    }
+    return Settings(**{**values, **extra})
 
 
 def add_adapter(root: Path, lora_id: str) -> None:
