@@ -2,8 +2,9 @@
 
 Tiers: `unit` (in-process, fakes; `make test-fast`), `slow` (in-process but costly: trains a
 model, renders the chart, starts an interpreter; under tests/unit/ but not `unit`),
-`integration` (a real redis-server), `e2e` (uvicorn, Celery workers, redis-server), `chaos`
-(e2e that kill workers or restart Redis), `gpu`. `make test` runs them all."""
+`integration` (a real redis-server; a gateway that needs no worker runs in process), `e2e`
+(uvicorn, Celery workers, redis-server, as processes), `chaos` (e2e that kill workers or restart
+Redis), `gpu`. `make test` runs them all."""
 
 from __future__ import annotations
 
@@ -36,5 +37,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """The session's Redis, emptied for this test."""
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server: str) -> str:
+    """The session's Redis, emptied for a module whose tests share one gateway."""
     redis.Redis.from_url(redis_server).flushall()
     return redis_server

@@ -24,13 +24,8 @@ ADAPTERS = {
         "use_rslora": True,
     },
 }
-#: Limits the bad-input tests run into; everything else is the default.
-STACK_ENV = {
-    **LOCAL_DEV_ENV,
-    "LORAQ_LIMITS__MAX_ITEMS_PER_JOB": "64",
-    "LORAQ_LIMITS__MAX_BODY_BYTES": str(256 * 1024),
-    "LORAQ_WORKER__TORCH_THREADS": "2",
-}
+#: The session stack runs the default settings, but with auth off and two torch threads.
+STACK_ENV = {**LOCAL_DEV_ENV, "LORAQ_WORKER__TORCH_THREADS": "2"}
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""The Python client, the CLI and the real `sie-sdk` client against real stacks.
+"""The Python client, the CLI and the real `sie-sdk` client against the real stack.
 
 Vectors are checked against `GET /v1/jobs/{id}` of the same texts (raw HTTP, not the client
-under test). Cancel, auth and timeouts run on a gateway with no worker and API keys on, so jobs
-stay queued for as long as a test needs and tenants are real.
+under test). Cancel, auth and timeouts need no worker: they are in
+tests/integration/test_client_idle_gateway.py.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import glob
 import json
-import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +20,9 @@ import httpx
 import numpy as np
 import pytest
 
-from loraq.stack import Stack, python_cli, start_redis
-from loraq_client import (
-    AsyncLoraqClient,
-    AuthenticationError,
-    InvalidRequestError,
-    JobFailedError,
-    JobTimeoutError,
-    LoraqClient,
-    NotFoundError,
-)
+from loraq.stack import Stack
+from loraq_client import AsyncLoraqClient, InvalidRequestError, LoraqClient, NotFoundError
+from tests.cli import cli
 from tests.constants import MODEL
 from tests.e2e.helpers import dense, submit, wait_job
 
@@ -42,7 +33,6 @@ TEXTS = [
     "short",
     "Embeddings map text to vectors.",
 ]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def reference(client: httpx.Client, texts: list[str], lora_id: str | None) -> np.ndarray:
@@ -55,15 +45,6 @@ def reference(client: httpx.Client, texts: list[str], lora_id: str | None) -> np
 def close(got: np.ndarray, want: np.ndarray) -> None:
     assert got.dtype == np.float32 and got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-6
-
-
-def cli(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        python_cli(*args), input=stdin, capture_output=True, text=True, timeout=120, cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
 
 
 # -- Client against the session stack ------------------------------------------------------------
@@ -158,88 +139,6 @@ def test_cli_submit_then_wait(stack: Stack, tmp_path: Path) -> None:
     assert (job["id"], job["status"], job["n_items"]) == (job_id, "succeeded", len(TEXTS))
     done = cli("get", job_id, "--url", stack.url)
     assert json.loads(done.stdout)["result"] == job["result"]
-
-
-# -- A keyed gateway with no worker: jobs stay queued --------------------------------------------
-
-
-@dataclass
-class IdleGateway:
-    url: str
-    keys: dict[str, str]  # tenant -> API key
-
-
-@pytest.fixture(scope="module")
-def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdleGateway]:
-    root = tmp_path_factory.mktemp("idle")
-    keys, entries = {}, []
-    for tenant in ("acme", "globex"):
-        made = cli("keys", "create", "--tenant", tenant)
-        assert made.returncode == 0, made.stderr
-        key, entry = made.stdout.splitlines()
-        keys[tenant] = key
-        entries.append(json.loads(entry))
-        assert entries[-1]["tenant"] == tenant and "LORAQ_AUTH__KEYS" in made.stderr
-    redis_proc, url = start_redis(root / "redis")
-    env = {"LORAQ_REDIS_URL": url, "LORAQ_AUTH__KEYS": json.dumps(entries)}
-    gateway = Stack(env=env, log_dir=root / "logs")
-    try:
-        gateway.start_gateway()
-        yield IdleGateway(gateway.url, keys)
-    finally:
-        gateway.stop()
-        redis_proc.stop()
-
-
-def test_auth_tenants_cancel_and_timeouts(idle: IdleGateway) -> None:
-    with LoraqClient(idle.url) as anonymous:
-        with pytest.raises(AuthenticationError) as caught:
-            anonymous.submit(MODEL, ["x"])
-        assert (caught.value.status, caught.value.code) == (401, "UNAUTHORIZED")
-    acme = LoraqClient(idle.url, api_key=idle.keys["acme"])
-    globex = LoraqClient(idle.url, api_key=idle.keys["globex"])
-    with acme, globex:
-        job = acme.submit(MODEL, TEXTS)
-        with pytest.raises(JobTimeoutError) as timed_out:
-            job.wait(timeout=0.5)
-        assert timed_out.value.job_id == job.id
-        with pytest.raises(NotFoundError):
-            globex.get(job.id)
-        with pytest.raises(NotFoundError):
-            globex.cancel(job.id)
-
-        assert job.cancel().status == "cancelled"
-        with pytest.raises(JobFailedError) as failed:
-            acme.get(job.id).wait(timeout=5)
-        assert failed.value.code == "JOB_CANCELLED"
-        with pytest.raises(InvalidRequestError) as refused:
-            acme.cancel(job.id)
-        assert (refused.value.status, refused.value.code) == (409, "JOB_NOT_CANCELLABLE")
-
-        first = acme.submit(MODEL, ["same"], idempotency_key="k-1")
-        assert acme.submit(MODEL, ["same"], idempotency_key="k-1").id == first.id
-        assert globex.submit(MODEL, ["same"], idempotency_key="k-1").id != first.id
-        with pytest.raises(InvalidRequestError) as refused:
-            acme.submit(MODEL, ["other"], idempotency_key="k-1")
-        assert refused.value.code == "IDEMPOTENCY_KEY_REUSED"
-
-
-def test_cli_against_keyed_gateway(idle: IdleGateway) -> None:
-    env = {"LORAQ_URL": idle.url, "LORAQ_API_KEY": idle.keys["acme"]}
-    done = cli("submit", "--model", MODEL, stdin="one\ntwo\n", env=env)
-    assert done.returncode == 0, done.stderr
-    job_id = done.stdout.strip()
-    done = cli("wait", job_id, "--timeout", "0.5", env=env)
-    assert done.returncode == 124 and "JOB_TIMEOUT" in done.stderr
-    assert json.loads(cli("get", job_id, env=env).stdout)["status"] == "queued"
-    done = cli("get", job_id, "--api-key", idle.keys["globex"], env=env)
-    assert done.returncode == 1 and "JOB_NOT_FOUND" in done.stderr
-    done = cli("get", job_id, "--url", idle.url)  # no key
-    assert done.returncode == 1 and "UNAUTHORIZED" in done.stderr
-    assert json.loads(cli("cancel", job_id, env=env).stdout)["status"] == "cancelled"
-    done = cli("wait", job_id, env=env)
-    assert done.returncode == 1 and json.loads(done.stdout)["status"] == "cancelled"
-    assert "JOB_CANCELLED" in done.stderr
 
 
 # -- The real sie-sdk client ---------------------------------------------------------------------

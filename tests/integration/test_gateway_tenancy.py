@@ -1,11 +1,14 @@
-"""What one API key learns about others on the gateway: adapter allowlists answer alike for
+"""API keys on the gateway: a request needs a valid one, a tenant's submit rate and idempotency
+keys are its own, and one key learns nothing about others: adapter allowlists answer alike for
 adapters that exist and that do not, `/v1/workers` shows a key only its own adapters, and a job
-view names no worker (`api/auth.py`, `api/routes/workers.py`, `common/job_view.py`)."""
+view names no worker (`api/auth.py`, `api/idempotency.py`, `api/routes/workers.py`,
+`common/job_view.py`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -117,3 +120,65 @@ def test_a_job_view_names_its_worker_to_operators_only(redis_url: str, tmp_path:
     assert tenant_view.json()["status"] == "running"
     assert "worker" not in tenant_view.json() and "gpu-host" not in tenant_view.text
     assert ops_view.json()["worker"] == "gpu-host-7-4242"
+
+
+def test_keys_are_required(redis_url: str, tmp_path: Path) -> None:
+    s = settings(redis_url, tmp_path, [Keys().entry("acme")])
+
+    async def scenario() -> list[httpx.Response]:
+        async with gateway(s) as (client, _):
+            wrong = {"authorization": "Bearer lq_wrong"}
+            return [
+                await client.post("/v1/jobs", json=job_body()),
+                await client.post("/v1/jobs", json=job_body(), headers=wrong),
+                await client.get("/healthz"),
+            ]
+
+    anonymous, wrong, health = asyncio.run(scenario())
+    assert code(anonymous) == code(wrong) == (401, "UNAUTHORIZED")
+    assert health.status_code == 200
+
+
+def test_submit_rate_quota(redis_url: str, tmp_path: Path) -> None:
+    api_keys = Keys()
+    s = settings(redis_url, tmp_path, [api_keys.entry("slowpoke", rate_per_s=0.2, burst=2)])
+    headers = api_keys.headers("slowpoke")
+
+    async def scenario() -> list[httpx.Response]:
+        async with gateway(s) as (client, _):
+            return [await client.post("/v1/jobs", json=job_body(), headers=headers) for _ in "123"]
+
+    answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    assert answers[2].json()["error"]["code"] == "QUOTA_EXCEEDED"
+    assert int(answers[2].headers["retry-after"]) >= 1
+
+
+def test_idempotency_keys_are_per_tenant(redis_url: str, tmp_path: Path) -> None:
+    api_keys = Keys()
+    s = settings(redis_url, tmp_path, [api_keys.entry("globex"), api_keys.entry("acme")])
+    globex = api_keys.headers("globex")
+    order = {"idempotency-key": "order-17"}
+
+    async def scenario() -> dict[str, list[httpx.Response]]:
+        async with gateway(s) as (client, _):
+
+            async def post(texts: int, headers: dict[str, str]) -> httpx.Response:
+                return await client.post("/v1/jobs", json=job_body(texts), headers=headers)
+
+            burst = {**globex, "idempotency-key": "burst-1"}
+            return {
+                "globex": [await post(texts, {**globex, **order}) for texts in (2, 2, 3)],
+                "burst": list(await asyncio.gather(*(post(1, burst) for _ in range(8)))),
+                "acme": [await post(2, {**api_keys.headers("acme"), **order})],
+            }
+
+    answers = asyncio.run(scenario())
+    first, again, other = answers["globex"]
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert code(other) == (422, "IDEMPOTENCY_KEY_REUSED")
+    burst = answers["burst"]
+    assert len({r.json()["id"] for r in burst}) == 1, "concurrent duplicates make one job"
+    assert Counter(r.status_code for r in burst) == {202: 1, 200: 7}
+    assert answers["acme"][0].status_code == 202, "keys are per tenant"

@@ -1,5 +1,6 @@
-"""Many long polls at once on one gateway (`api/waiter.py`, `api/state.connect_redis`): they share
-a bounded Redis pool, waiting for a connection instead of failing with "Too many connections"."""
+"""Waiting on the gateway (`api/waiter.py`, `api/state.connect_redis`): many long polls at once
+share a bounded Redis pool, waiting for a connection instead of failing with "Too many
+connections", and the sync route stops waiting at its timeout with a job id to poll."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import redis.asyncio as aioredis
 from api.submit import new_job_id
 from common.job_store import AsyncJobStore
 from common.schemas import JobStatus, StoredJob
+from tests import sie
 from tests.constants import FAKE_MODEL
 from tests.integration.gateway_app import Keys, gateway, settings
 
@@ -52,3 +54,27 @@ def test_hundreds_of_long_polls_are_all_answered(redis_url: str, tmp_path: Path)
     answers = asyncio.run(scenario())
     assert Counter(a.status_code for a in answers) == {200: POLLS}, answers[0].text
     assert {a.json()["status"] for a in answers} == {"cancelled"}
+
+
+def test_sync_timeout_gives_504_with_pollable_job_id(redis_url: str, tmp_path: Path) -> None:
+    """No worker serves the model: the 1 s sync timeout ends the wait, not the job."""
+    api_keys = Keys()
+    s = settings(redis_url, tmp_path, [api_keys.entry("acme")], sync_timeout_s=1)
+    headers = api_keys.headers("acme")
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with gateway(s) as (client, _):
+            timed_out = await client.post(
+                f"/v1/encode/{FAKE_MODEL}",
+                content=sie.body(["x"]),
+                headers={**sie.HEADERS, **headers},
+            )
+            job_id = timed_out.json()["error"]["job_id"]
+            job = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+            return timed_out, job, await client.get("/readyz")
+
+    timed_out, job, ready = asyncio.run(scenario())
+    assert timed_out.status_code == 504
+    assert timed_out.json()["error"]["code"] == "JOB_TIMEOUT"
+    assert job.status_code == 200 and job.json()["status"] == "queued"
+    assert ready.status_code == 503 and ready.json()["workers"][FAKE_MODEL] == 0

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from common.settings import WebhookSettings
 from common.webhook_secret import derive
-from tests.integration.gateway_app import SECRET, Keys, code, gateway, settings
+from tests.integration.gateway_app import SECRET, Keys, code, gateway, job_body, settings
 
 OWN = "whsec_" + base64.b64encode(b"globex-explicit-secret-32-bytes!").decode()
 
@@ -45,12 +45,17 @@ def test_each_tenant_gets_its_own_secret(redis_url: str, tmp_path: Path) -> None
 
 
 def test_no_secret_configured_answers_webhooks_disabled(redis_url: str, tmp_path: Path) -> None:
+    """Neither the secret nor a job with a webhook: nothing could sign its deliveries."""
     api_keys = Keys()
-    s = settings(redis_url, tmp_path, [api_keys.entry("acme")])
-    s = s.model_copy(update={"webhooks": WebhookSettings()})
+    s = settings(redis_url, tmp_path, [api_keys.entry("acme")], webhooks=WebhookSettings())
+    headers = api_keys.headers("acme")
+    hooked = {**job_body(), "webhook": {"url": "https://example.com/h"}}
 
-    async def scenario() -> httpx.Response:
+    async def scenario() -> list[httpx.Response]:
         async with gateway(s) as (client, _):
-            return await client.get("/v1/webhook-secret", headers=api_keys.headers("acme"))
+            return [
+                await client.get("/v1/webhook-secret", headers=headers),
+                await client.post("/v1/jobs", json=hooked, headers=headers),
+            ]
 
-    assert code(asyncio.run(scenario())) == (422, "WEBHOOKS_DISABLED")
+    assert [code(r) for r in asyncio.run(scenario())] == [(422, "WEBHOOKS_DISABLED")] * 2
