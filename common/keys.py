@@ -21,12 +21,13 @@
 | loraq:dead-letter                  | list    | -                   | worker.runner         |
 | loraq:worker:{worker_id}           | string  | 3 heartbeats        | worker heartbeat      |
 | loraq:file:{<id>}                  | hash    | bulk.retention_s    | api.files             |
-| loraq:files:{tenant}               | zset    | -                   | api.files             |
+| loraq:tenant:{tenant}:files        | zset    | -                   | api.files             |
 | loraq:batch:{<id>}                 | hash    | bulk.retention_s    | api.batches           |
 | loraq:batch:{<id>}:chunks          | hash    | with the batch      | api.batch_runner      |
 | loraq:batch:{<id>}:lease           | string  | bulk.lease_ttl_s    | api.batch_runner      |
-| loraq:batches:{tenant}             | zset    | -                   | api.batches           |
+| loraq:tenant:{tenant}:batches      | zset    | -                   | api.batches           |
 | loraq:batches:open                 | zset    | members: until term.| api.batches           |
+| loraq:tenant:{tenant}:open-batches | set     | members: until term.| api.batches           |
 | loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
 | loraq:celery:unacked(_index/mutex) | hash... | -                   | kombu (Celery broker) |
 
@@ -147,7 +148,7 @@ def file(file_id: str) -> str:
 
 def tenant_files(tenant: str) -> str:
     """A tenant's file ids scored by creation time: listing, paging and the per-tenant cap."""
-    return f"{PREFIX}files:{tenant}"
+    return f"{PREFIX}tenant:{tenant}:files"
 
 
 def batch(batch_id: str) -> str:
@@ -166,4 +167,9 @@ def batch_lease(batch_id: str) -> str:
 
 
 def tenant_batches(tenant: str) -> str:
-    return f"{PREFIX}batches:{tenant}"
+    return f"{PREFIX}tenant:{tenant}:batches"
+
+
+def tenant_open_batches(tenant: str) -> str:
+    """A tenant's batches not yet terminal: its cap on open batches."""
+    return f"{PREFIX}tenant:{tenant}:open-batches"
