@@ -13,6 +13,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.background import cancel_and_wait
 from api.placement import Route, Router, WorkerView
 from common import keys
 from common.errors import QueueFull
@@ -58,10 +59,7 @@ class ClusterView:
         self._task = asyncio.create_task(self._run(), name="loraq-cluster-view")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def refresh(self) -> None:
         infos = await live_workers(self._r)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from api.background import cancel_and_wait
 from common import keys
 from common.job_store import AsyncJobStore
 from common.schemas import StoredJob
@@ -40,10 +41,7 @@ class CompletionWaiter:
         self._task = asyncio.create_task(self._listen(), name="loraq-completion-waiter")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def wait(
         self, job_id: str, timeout: float, tenant: str | None
