@@ -1,5 +1,6 @@
 """Python client for loraq: `LoraqClient` (blocking) and `AsyncLoraqClient` (asyncio), their
-errors and job handles, and `verify_webhook` for receivers of loraq's signed webhooks.
+errors and job and batch handles, helpers for batch files (`batch_lines`, `read_batch_output`),
+and `verify_webhook` for receivers of loraq's signed webhooks.
 
     from loraq_client import LoraqClient
 
@@ -7,12 +8,22 @@ errors and job handles, and `verify_webhook` for receivers of loraq's signed web
         vectors = client.submit("sentence-transformers/all-MiniLM-L6-v2", ["hello"]).wait().vectors
 """
 
+from loraq_client.batches import (
+    BatchLineError,
+    batch_lines,
+    load_npy_output,
+    load_parquet_output,
+    read_batch_output,
+)
 from loraq_client.client import (
     APIConnectionError,
+    AsyncBatch,
     AsyncJob,
     AsyncLoraqClient,
     AuthenticationError,
+    Batch,
     EncodeResult,
+    FileInput,
     HasText,
     InvalidRequestError,
     InvalidResponseError,
@@ -24,6 +35,7 @@ from loraq_client.client import (
     LoraqClient,
     LoraqError,
     NotFoundError,
+    Page,
     PermissionDeniedError,
     RateLimitError,
     ServerError,
@@ -34,10 +46,14 @@ from loraq_client.client import (
 
 __all__ = [
     "APIConnectionError",
+    "AsyncBatch",
     "AsyncJob",
     "AsyncLoraqClient",
     "AuthenticationError",
+    "Batch",
+    "BatchLineError",
     "EncodeResult",
+    "FileInput",
     "HasText",
     "InvalidRequestError",
     "InvalidResponseError",
@@ -49,10 +65,15 @@ __all__ = [
     "LoraqClient",
     "LoraqError",
     "NotFoundError",
+    "Page",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
     "WebhookVerificationError",
+    "batch_lines",
     "coerce_items",
+    "load_npy_output",
+    "load_parquet_output",
+    "read_batch_output",
     "verify_webhook",
 ]

@@ -5,6 +5,10 @@ HTTP calls it needs and receives their responses, so request building, retries, 
 and response parsing exist once; each client only supplies a driver that performs a call with
 its own httpx client and sleeps with its own sleep.
 
+The Files and Batches API (OpenAI's, for bulk embedding) runs on the same core: an upload streams
+from its file object and a download streams into its file, so neither holds a large file in
+memory; `Batch` handles wrap batches as `Job` handles wrap jobs.
+
 `encode` speaks SIE's wire format (msgpack, `dense` as a float32 numpy array), so code written
 for the SIE client (`[r["dense"] for r in client.encode(model, items, options={...})]`) runs
 unchanged against loraq with only the import changed.
@@ -13,14 +17,26 @@ unchanged against loraq with only the import changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import random
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeAlias, TypedDict, TypeVar
+from typing import IO, Any, Generic, Protocol, Self, TypeAlias, TypedDict, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -35,10 +51,13 @@ from loraq_client import _json
 
 __all__ = [
     "APIConnectionError",
+    "AsyncBatch",
     "AsyncJob",
     "AsyncLoraqClient",
     "AuthenticationError",
+    "Batch",
     "EncodeResult",
+    "FileInput",
     "HasText",
     "InvalidRequestError",
     "InvalidResponseError",
@@ -50,6 +69,7 @@ __all__ = [
     "LoraqClient",
     "LoraqError",
     "NotFoundError",
+    "Page",
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
@@ -72,6 +92,16 @@ _BACKOFF_MAX_S = 8.0
 #: Retry-After: resending the same request later is what they ask for.
 _RETRY_STATUSES = frozenset({429, 503})
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+_BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: `Batch.wait` polls after this long, then doubles the interval up to its `poll_s`: a small
+#: batch is seen done within seconds, a long one costs a request every `poll_s`. Batches have no
+#: long poll, as in OpenAI's API.
+_FIRST_POLL_S = 1.0
+DEFAULT_POLL_S = 10.0
+#: The filename an upload of bytes or of a nameless stream is given.
+_UNNAMED = "input.jsonl"
+#: What a gateway-given id may put in a local filename.
+_UNSAFE_IN_NAME = re.compile(r"[^\w.-]")
 _MSGPACK = "application/msgpack"
 _JSON = "application/json"
 
@@ -267,14 +297,84 @@ def _encode_results(response: httpx.Response, n_items: int) -> list[EncodeResult
     return results
 
 
-def _job_view(response: httpx.Response) -> dict[str, Any]:
+def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
     try:
-        view = _json.loads(response.content)
+        body = _json.loads(response.content)
     except ValueError as exc:
-        raise InvalidResponseError(response.status_code, f"unreadable job: {exc}") from exc
-    if not isinstance(view, dict) or not isinstance(view.get("id"), str):
-        raise InvalidResponseError(response.status_code, "the answer is not a job")
-    return view
+        raise InvalidResponseError(response.status_code, f"unreadable {what}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidResponseError(response.status_code, f"the answer is not a {what}")
+    return body
+
+
+def _resource(response: httpx.Response, what: str) -> dict[str, Any]:
+    """A job, file or batch: a JSON object with a string `id`."""
+    body = _json_object(response, what)
+    if not isinstance(body.get("id"), str):
+        raise InvalidResponseError(response.status_code, f"the answer is not a {what}")
+    return body
+
+
+def _job_view(response: httpx.Response) -> dict[str, Any]:
+    return _resource(response, "job")
+
+
+_T = TypeVar("_T")
+_U = TypeVar("_U")
+
+
+@dataclass(frozen=True)
+class Page(Generic[_T]):
+    """One page of a list (`files()`, `batches()`), as OpenAI's list objects have it."""
+
+    data: list[_T]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+    @property
+    def next_after(self) -> str | None:
+        """The `after` of the next page; None on the last one. An empty page ends the list
+        even if it claims more, so a confused server cannot keep an iterator looping."""
+        return self.last_id if self.has_more and self.data else None
+
+    def map(self, wrap: Callable[[_T], _U]) -> Page[_U]:
+        return Page([wrap(item) for item in self.data], self.has_more, self.first_id, self.last_id)
+
+
+def _page(response: httpx.Response, what: str) -> Page[dict[str, Any]]:
+    body = _json_object(response, f"list of {what}s")
+    data = body.get("data")
+    if not isinstance(data, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("id"), str) for item in data
+    ):
+        raise InvalidResponseError(response.status_code, f"the answer is not a list of {what}s")
+    first_id = body.get("first_id") or (data[0]["id"] if data else None)
+    last_id = body.get("last_id") or (data[-1]["id"] if data else None)
+    return Page(data, bool(body.get("has_more")), first_id, last_id)
+
+
+def _pages(fetch: Callable[[str | None], Page[_T]]) -> Iterator[_T]:
+    """Every item of a list, one page (`fetch(after)`) at a time."""
+    after: str | None = None
+    while True:
+        page = fetch(after)
+        yield from page.data
+        after = page.next_after
+        if after is None:
+            return
+
+
+async def _apages(fetch: Callable[[str | None], Awaitable[Page[_T]]]) -> AsyncIterator[_T]:
+    """As `_pages`, awaited."""
+    after: str | None = None
+    while True:
+        page = await fetch(after)
+        for item in page.data:
+            yield item
+        after = page.next_after
+        if after is None:
+            return
 
 
 # -- The sans-I/O core ---------------------------------------------------------------------------
@@ -293,11 +393,19 @@ class _Call:
     hold_s: float = 0.0
     #: Whether a request that may already have reached the gateway can be sent again harmlessly.
     idempotent: bool = True
-    #: The driver sleeps this long before sending (retry backoff, Retry-After).
+    #: The driver sleeps this long before sending (retry backoff, Retry-After, poll interval).
     delay_s: float = 0.0
+    #: A multipart form (`files` streamed from their file objects by httpx).
+    data: Mapping[str, str] | None = None
+    files: Mapping[str, tuple[str, bytes | IO[bytes]]] | None = None
+    #: False for a body streamed from a file object that cannot seek back to its start: once
+    #: the gateway answered, some of it was read and it cannot be sent again.
+    replayable: bool = True
+    #: A successful answer's body is streamed into this file (through `<name>.part`) instead of
+    #: being read into memory; the flow then gets the response without its content.
+    download_to: Path | None = None
 
 
-_T = TypeVar("_T")
 #: A flow yields calls and is sent each call's response (or thrown its transport error).
 _Flow: TypeAlias = Generator[_Call, httpx.Response, _T]
 
@@ -325,6 +433,41 @@ def _never_sent(exc: httpx.RequestError) -> bool:
     return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
+#: What `upload_file` takes: a path, the bytes, or a binary file object (streamed, not read in).
+FileInput: TypeAlias = str | os.PathLike[str] | bytes | IO[bytes]
+
+
+def _replayable(body: bytes | IO[bytes]) -> bool:
+    """httpx seeks a file object back to 0 before each send; a pipe cannot be."""
+    if isinstance(body, bytes):
+        return True
+    try:
+        return body.seekable()
+    except (OSError, ValueError):
+        return False
+
+
+def _stream_name(stream: IO[bytes]) -> str:
+    name = getattr(stream, "name", None)  # an int for os.fdopen and TemporaryFile
+    if isinstance(name, str) and name and not name.startswith("<"):  # "<stdin>"
+        return Path(name).name
+    return _UNNAMED
+
+
+@contextlib.contextmanager
+def _partial_file(path: Path) -> Iterator[IO[bytes]]:
+    """Writes go to `<path>.part`, renamed to `path` once complete: a broken or retried download
+    never leaves a truncated file under the name a reader looks for."""
+    part = path.with_name(path.name + ".part")
+    try:
+        with part.open("wb") as out:
+            yield out
+        part.replace(path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
 class _Core:
     """Configuration and every flow; the two clients add only their drivers."""
 
@@ -343,6 +486,8 @@ class _Core:
             "method": call.method,
             "url": self.base_url + call.path,
             "content": call.content,
+            "data": call.data,
+            "files": call.files,
             "params": call.params,
             "headers": {**self._headers, **call.headers},
             "timeout": httpx.Timeout(self.timeout, read=self.timeout + call.hold_s),
@@ -366,7 +511,7 @@ class _Core:
                     raise APIConnectionError(f"{where}: {exc!r}") from exc
                 call = replace(call, delay_s=self._backoff(attempt))
             else:
-                if response.status_code not in _RETRY_STATUSES or last:
+                if response.status_code not in _RETRY_STATUSES or last or not call.replayable:
                     if response.is_error:
                         raise _error_from_response(response)
                     return response
@@ -440,6 +585,151 @@ class _Core:
         # would turn that success into 409 JOB_NOT_CANCELLABLE.
         call = _Call("DELETE", f"/v1/jobs/{quote(job_id, safe='')}", idempotent=False)
         return _job_view((yield from self._exchange(call)))
+
+    # -- Files and batches -----------------------------------------------------------------------
+
+    def _upload_flow(
+        self, file: FileInput, purpose: str, filename: str | None
+    ) -> _Flow[dict[str, Any]]:
+        with contextlib.ExitStack() as opened:
+            body: bytes | IO[bytes]
+            if isinstance(file, bytes):
+                body, name = file, _UNNAMED
+            elif isinstance(file, str | os.PathLike):
+                path = Path(file)
+                body, name = opened.enter_context(path.open("rb")), path.name
+            else:
+                body, name = file, _stream_name(file)
+            call = _Call(
+                "POST",
+                "/v1/files",
+                data={"purpose": purpose},
+                files={"file": (filename or name, body)},
+                # Resent after a lost answer, a large upload would be stored (and sent) twice.
+                idempotent=False,
+                replayable=_replayable(body),
+            )
+            return _resource((yield from self._exchange(call)), "file")
+
+    def _file_flow(self, file_id: str) -> _Flow[dict[str, Any]]:
+        call = _Call("GET", f"/v1/files/{quote(file_id, safe='')}")
+        return _resource((yield from self._exchange(call)), "file")
+
+    def _files_flow(
+        self, purpose: str | None, limit: int | None, after: str | None, order: str | None
+    ) -> _Flow[Page[dict[str, Any]]]:
+        query = {"purpose": purpose, "limit": limit, "after": after, "order": order}
+        params = {key: str(value) for key, value in query.items() if value is not None}
+        return _page((yield from self._exchange(_Call("GET", "/v1/files", params=params))), "file")
+
+    def _file_content_flow(self, file_id: str) -> _Flow[bytes]:
+        call = _Call("GET", f"/v1/files/{quote(file_id, safe='')}/content")
+        return (yield from self._exchange(call)).content
+
+    def _download_file_flow(self, file_id: str, dest: Path) -> _Flow[Path]:
+        path = f"/v1/files/{quote(file_id, safe='')}/content"
+        yield from self._exchange(_Call("GET", path, download_to=dest))
+        return dest
+
+    def _delete_file_flow(self, file_id: str) -> _Flow[dict[str, Any]]:
+        # Not resent after a lost answer: the second DELETE would find no file (404).
+        call = _Call("DELETE", f"/v1/files/{quote(file_id, safe='')}", idempotent=False)
+        return _resource((yield from self._exchange(call)), "deleted file")
+
+    def _create_batch_flow(
+        self,
+        input_file_id: str,
+        output_format: str,
+        metadata: Mapping[str, str] | None,
+        webhook: str | Mapping[str, object] | None,
+    ) -> _Flow[dict[str, Any]]:
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": "/v1/embeddings",
+            "completion_window": "24h",
+        }
+        if metadata is not None:
+            body["metadata"] = dict(metadata)
+        if output_format != "jsonl":  # the default; without it the body is exactly OpenAI's
+            body["output_format"] = output_format
+        if webhook is not None:
+            body["webhook"] = {"url": webhook} if isinstance(webhook, str) else dict(webhook)
+        headers = {"content-type": _JSON}
+        # Not resent after a lost answer: that could start the same batch twice.
+        call = _Call("POST", "/v1/batches", _json.dumps(body), headers, idempotent=False)
+        return _resource((yield from self._exchange(call)), "batch")
+
+    def _batch_flow(self, batch_id: str, delay_s: float = 0.0) -> _Flow[dict[str, Any]]:
+        call = _Call("GET", f"/v1/batches/{quote(batch_id, safe='')}", delay_s=delay_s)
+        return _resource((yield from self._exchange(call)), "batch")
+
+    def _batches_flow(self, after: str | None, limit: int | None) -> _Flow[Page[dict[str, Any]]]:
+        query = {"after": after, "limit": limit}
+        params = {key: str(value) for key, value in query.items() if value is not None}
+        call = _Call("GET", "/v1/batches", params=params)
+        return _page((yield from self._exchange(call)), "batch")
+
+    def _cancel_batch_flow(self, batch_id: str) -> _Flow[dict[str, Any]]:
+        # As a job's cancel: a resend could turn the first one's success into a 409.
+        path = f"/v1/batches/{quote(batch_id, safe='')}/cancel"
+        return _resource(
+            (yield from self._exchange(_Call("POST", path, idempotent=False))), "batch"
+        )
+
+    def _wait_batch_flow(
+        self, view: dict[str, Any], timeout: float | None, poll_s: float
+    ) -> _Flow[dict[str, Any]]:
+        """Polls until the batch is terminal. The first look is immediate, so `timeout=0`
+        means "refresh and tell me"; `JobTimeoutError.job_id` is the batch id."""
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be positive, not {poll_s}")
+        batch_id = view["id"]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay, interval = 0.0, min(_FIRST_POLL_S, poll_s)
+        while view["status"] not in _BATCH_TERMINAL:
+            view = yield from self._batch_flow(batch_id, delay)
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if view["status"] not in _BATCH_TERMINAL and left <= 0:
+                raise JobTimeoutError(
+                    f"batch {batch_id} is still {view['status']} after {timeout}s", batch_id
+                )
+            delay, interval = min(interval, left), min(interval * 2, poll_s)
+        return view
+
+    def _download_batch_flow(
+        self, view: Mapping[str, Any], dest_dir: str | os.PathLike[str]
+    ) -> _Flow[dict[str, Path]]:
+        stem = _UNSAFE_IN_NAME.sub("_", view["id"])
+        output_format = _UNSAFE_IN_NAME.sub("_", str(view.get("output_format") or "jsonl"))
+        names = {
+            "output": (view.get("output_file_id"), f"{stem}_output.{output_format}"),
+            "error": (view.get("error_file_id"), f"{stem}_errors.jsonl"),
+            "ids": (view.get("ids_file_id"), f"{stem}_ids.jsonl"),
+        }
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for kind, (file_id, name) in names.items():
+            if file_id:
+                paths[kind] = yield from self._download_file_flow(file_id, dest / name)
+        return paths
+
+    def _submit_batch_flow(
+        self,
+        file: FileInput,
+        filename: str | None,
+        output_format: str,
+        metadata: Mapping[str, str] | None,
+        webhook: str | Mapping[str, object] | None,
+        wait: bool,
+        timeout: float | None,
+        poll_s: float,
+    ) -> _Flow[dict[str, Any]]:
+        uploaded = yield from self._upload_flow(file, "batch", filename)
+        view = yield from self._create_batch_flow(uploaded["id"], output_format, metadata, webhook)
+        if wait:
+            view = yield from self._wait_batch_flow(view, timeout, poll_s)
+        return view
 
 
 # -- Jobs ----------------------------------------------------------------------------------------
@@ -558,6 +848,116 @@ class AsyncJob(_JobState):
         return self
 
 
+# -- Batches -------------------------------------------------------------------------------------
+
+
+class _BatchState:
+    """What a batch handle knows, from the gateway's last view of it (`data`, OpenAI's Batch
+    object with loraq's `output_format` and `ids_file_id`)."""
+
+    def __init__(self, view: Mapping[str, Any]) -> None:
+        self.data: dict[str, Any] = dict(view)
+
+    @property
+    def id(self) -> str:
+        batch_id: str = self.data["id"]
+        return batch_id
+
+    @property
+    def status(self) -> str:
+        status: str = self.data["status"]
+        return status
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        counts: dict[str, int] | None = self.data.get("request_counts")
+        return counts or {"total": 0, "completed": 0, "failed": 0}
+
+    @property
+    def output_file_id(self) -> str | None:
+        return self._file_id("output_file_id")
+
+    @property
+    def error_file_id(self) -> str | None:
+        return self._file_id("error_file_id")
+
+    @property
+    def ids_file_id(self) -> str | None:
+        """The npy format's custom ids, one per row of the output."""
+        return self._file_id("ids_file_id")
+
+    @property
+    def done(self) -> bool:
+        return self.status in _BATCH_TERMINAL
+
+    @property
+    def ok(self) -> bool:
+        """Ended `completed`. Lines may still have failed, each in the error file
+        (`request_counts["failed"]`): a batch fails as a whole only when it cannot run."""
+        return self.status == "completed"
+
+    def _file_id(self, key: str) -> str | None:
+        file_id: str | None = self.data.get(key)
+        return file_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, status={self.status!r})"
+
+
+class Batch(_BatchState):
+    """A batch, bound to the `LoraqClient` that made or fetched it."""
+
+    def __init__(self, client: LoraqClient, view: Mapping[str, Any]) -> None:
+        super().__init__(view)
+        self._client = client
+
+    def refresh(self) -> Self:
+        self.data = self._client._run(self._client._batch_flow(self.id))
+        return self
+
+    def wait(self, timeout: float | None = None, poll_s: float = DEFAULT_POLL_S) -> Self:
+        """Until the batch is terminal, whichever way it ended (see `ok`); `JobTimeoutError`
+        after `timeout` seconds, the batch going on. Polls at most every `poll_s` seconds."""
+        self.data = self._client._run(self._client._wait_batch_flow(self.data, timeout, poll_s))
+        return self
+
+    def cancel(self) -> Self:
+        self.data = self._client._run(self._client._cancel_batch_flow(self.id))
+        return self
+
+    def download(self, dest_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """The output, error and ids files this view names, written into `dest_dir` as
+        `<batch id>_output.<format>`, `_errors.jsonl`, `_ids.jsonl`; their paths by kind
+        ("output", "error", "ids"). Uses the last view: `wait()` first."""
+        return self._client._run(self._client._download_batch_flow(self.data, dest_dir))
+
+
+class AsyncBatch(_BatchState):
+    """A batch, bound to the `AsyncLoraqClient` that made or fetched it."""
+
+    def __init__(self, client: AsyncLoraqClient, view: Mapping[str, Any]) -> None:
+        super().__init__(view)
+        self._client = client
+
+    async def refresh(self) -> Self:
+        self.data = await self._client._run(self._client._batch_flow(self.id))
+        return self
+
+    async def wait(self, timeout: float | None = None, poll_s: float = DEFAULT_POLL_S) -> Self:
+        """As `Batch.wait`."""
+        flow = self._client._wait_batch_flow(self.data, timeout, poll_s)
+        self.data = await self._client._run(flow)
+        return self
+
+    async def cancel(self) -> Self:
+        self.data = await self._client._run(self._client._cancel_batch_flow(self.id))
+        return self
+
+    async def download(self, dest_dir: str | os.PathLike[str]) -> dict[str, Path]:
+        """As `Batch.download`."""
+        return await self._client._run(self._client._download_batch_flow(self.data, dest_dir))
+
+
 # -- Webhooks ------------------------------------------------------------------------------------
 
 
@@ -607,11 +1007,27 @@ class LoraqClient(_Core):
                 self._sleep(step.delay_s)
             outcome: httpx.Response | httpx.RequestError
             try:
-                outcome = self._http.request(**self._request_args(step))
+                outcome = self._send(step)
             except httpx.RequestError as exc:
                 outcome = exc
             step = _advance(flow, outcome)
         return step.value
+
+    def _send(self, call: _Call) -> httpx.Response:
+        args = self._request_args(call)
+        if call.download_to is None:
+            return self._http.request(**args)
+        response = self._http.send(self._http.build_request(**args), stream=True)
+        try:
+            if response.is_success:
+                with _partial_file(call.download_to) as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+            else:
+                response.read()
+        finally:
+            response.close()
+        return response
 
     def encode(
         self,
@@ -641,6 +1057,87 @@ class LoraqClient(_Core):
 
     def cancel(self, job_id: str) -> Job:
         return Job(self, self._run(self._cancel_flow(job_id)))
+
+    def upload_file(
+        self, file: FileInput, purpose: str = "batch", filename: str | None = None
+    ) -> dict[str, Any]:
+        """The FileObject of a new file. A path or file object is streamed, never read into
+        memory; `filename` defaults to the path's or file object's name."""
+        return self._run(self._upload_flow(file, purpose, filename))
+
+    def file(self, file_id: str) -> dict[str, Any]:
+        return self._run(self._file_flow(file_id))
+
+    def files(
+        self,
+        purpose: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        order: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        """One page of FileObjects; `iter_files` walks them all."""
+        return self._run(self._files_flow(purpose, limit, after, order))
+
+    def iter_files(
+        self, purpose: str | None = None, order: str | None = None, page_size: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        return _pages(lambda after: self.files(purpose, page_size, after, order))
+
+    def file_content(self, file_id: str) -> bytes:
+        """A file's bytes in memory; `download_file` for large ones."""
+        return self._run(self._file_content_flow(file_id))
+
+    def download_file(self, file_id: str, dest: str | os.PathLike[str]) -> Path:
+        """A file's content streamed into `dest` (complete, or not there at all)."""
+        return self._run(self._download_file_flow(file_id, Path(dest)))
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        return self._run(self._delete_file_flow(file_id))
+
+    def create_batch(
+        self,
+        input_file_id: str,
+        *,
+        output_format: str = "jsonl",
+        metadata: Mapping[str, str] | None = None,
+        webhook: str | Mapping[str, object] | None = None,
+    ) -> Batch:
+        """A batch of `/v1/embeddings` lines from an uploaded file. `output_format`: "jsonl"
+        (OpenAI's lines), "parquet" or "npy" (plus an ids file). `webhook`: a URL, or
+        {"url", "events": ["completed", "failed", "expired", "cancelled"]}."""
+        flow = self._create_batch_flow(input_file_id, output_format, metadata, webhook)
+        return Batch(self, self._run(flow))
+
+    def submit_batch(
+        self,
+        file: FileInput,
+        *,
+        filename: str | None = None,
+        output_format: str = "jsonl",
+        metadata: Mapping[str, str] | None = None,
+        webhook: str | Mapping[str, object] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> Batch:
+        """`upload_file` then `create_batch`, then with `wait` `Batch.wait(timeout, poll_s)`."""
+        flow = self._submit_batch_flow(
+            file, filename, output_format, metadata, webhook, wait, timeout, poll_s
+        )
+        return Batch(self, self._run(flow))
+
+    def batch(self, batch_id: str) -> Batch:
+        return Batch(self, self._run(self._batch_flow(batch_id)))
+
+    def batches(self, after: str | None = None, limit: int | None = None) -> Page[Batch]:
+        """One page of batches, newest first; `iter_batches` walks them all."""
+        return self._run(self._batches_flow(after, limit)).map(lambda view: Batch(self, view))
+
+    def iter_batches(self, page_size: int | None = None) -> Iterator[Batch]:
+        return _pages(lambda after: self.batches(after, page_size))
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return Batch(self, self._run(self._cancel_batch_flow(batch_id)))
 
     def close(self) -> None:
         if self._owns_http:
@@ -685,11 +1182,28 @@ class AsyncLoraqClient(_Core):
                 await self._sleep(step.delay_s)
             outcome: httpx.Response | httpx.RequestError
             try:
-                outcome = await self._http.request(**self._request_args(step))
+                outcome = await self._send(step)
             except httpx.RequestError as exc:
                 outcome = exc
             step = _advance(flow, outcome)
         return step.value
+
+    async def _send(self, call: _Call) -> httpx.Response:
+        """As `LoraqClient._send`; the file is written in the event loop, chunk by chunk."""
+        args = self._request_args(call)
+        if call.download_to is None:
+            return await self._http.request(**args)
+        response = await self._http.send(self._http.build_request(**args), stream=True)
+        try:
+            if response.is_success:
+                with _partial_file(call.download_to) as out:
+                    async for chunk in response.aiter_bytes():
+                        out.write(chunk)
+            else:
+                await response.aread()
+        finally:
+            await response.aclose()
+        return response
 
     async def encode(
         self,
@@ -717,6 +1231,81 @@ class AsyncLoraqClient(_Core):
 
     async def cancel(self, job_id: str) -> AsyncJob:
         return AsyncJob(self, await self._run(self._cancel_flow(job_id)))
+
+    async def upload_file(
+        self, file: FileInput, purpose: str = "batch", filename: str | None = None
+    ) -> dict[str, Any]:
+        """As `LoraqClient.upload_file`; the file is read in the event loop, chunk by chunk."""
+        return await self._run(self._upload_flow(file, purpose, filename))
+
+    async def file(self, file_id: str) -> dict[str, Any]:
+        return await self._run(self._file_flow(file_id))
+
+    async def files(
+        self,
+        purpose: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+        order: str | None = None,
+    ) -> Page[dict[str, Any]]:
+        return await self._run(self._files_flow(purpose, limit, after, order))
+
+    def iter_files(
+        self, purpose: str | None = None, order: str | None = None, page_size: int | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        return _apages(lambda after: self.files(purpose, page_size, after, order))
+
+    async def file_content(self, file_id: str) -> bytes:
+        return await self._run(self._file_content_flow(file_id))
+
+    async def download_file(self, file_id: str, dest: str | os.PathLike[str]) -> Path:
+        return await self._run(self._download_file_flow(file_id, Path(dest)))
+
+    async def delete_file(self, file_id: str) -> dict[str, Any]:
+        return await self._run(self._delete_file_flow(file_id))
+
+    async def create_batch(
+        self,
+        input_file_id: str,
+        *,
+        output_format: str = "jsonl",
+        metadata: Mapping[str, str] | None = None,
+        webhook: str | Mapping[str, object] | None = None,
+    ) -> AsyncBatch:
+        """As `LoraqClient.create_batch`."""
+        flow = self._create_batch_flow(input_file_id, output_format, metadata, webhook)
+        return AsyncBatch(self, await self._run(flow))
+
+    async def submit_batch(
+        self,
+        file: FileInput,
+        *,
+        filename: str | None = None,
+        output_format: str = "jsonl",
+        metadata: Mapping[str, str] | None = None,
+        webhook: str | Mapping[str, object] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> AsyncBatch:
+        """As `LoraqClient.submit_batch`."""
+        flow = self._submit_batch_flow(
+            file, filename, output_format, metadata, webhook, wait, timeout, poll_s
+        )
+        return AsyncBatch(self, await self._run(flow))
+
+    async def batch(self, batch_id: str) -> AsyncBatch:
+        return AsyncBatch(self, await self._run(self._batch_flow(batch_id)))
+
+    async def batches(self, after: str | None = None, limit: int | None = None) -> Page[AsyncBatch]:
+        page = await self._run(self._batches_flow(after, limit))
+        return page.map(lambda view: AsyncBatch(self, view))
+
+    def iter_batches(self, page_size: int | None = None) -> AsyncIterator[AsyncBatch]:
+        return _apages(lambda after: self.batches(after, page_size))
+
+    async def cancel_batch(self, batch_id: str) -> AsyncBatch:
+        return AsyncBatch(self, await self._run(self._cancel_batch_flow(batch_id)))
 
     async def aclose(self) -> None:
         if self._owns_http:
