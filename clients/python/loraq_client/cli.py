@@ -1,4 +1,5 @@
-"""`loraq` command line: talk to a running gateway (submit, get, wait, cancel, encode).
+"""`loraq` command line: talk to a running gateway (submit, get, wait, cancel, encode, and
+`batch ...` for the Batches API).
 
 The command belongs to the client distribution, which any machine that talks to a gateway has;
 other installed distributions add their commands through the `loraq.commands` entry point
@@ -12,20 +13,26 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Any, TypeAlias
 
 from loraq_client import _json
+from loraq_client.batches import batch_lines
 from loraq_client.client import (
+    DEFAULT_POLL_S,
     AsyncJob,
     AsyncLoraqClient,
+    FileInput,
     JobFailedError,
     JobTimeoutError,
     LoraqClient,
@@ -38,9 +45,11 @@ EXIT_TIMEOUT = 124
 #: Entry point group of the functions that add commands to `loraq`.
 COMMANDS_GROUP = "loraq.commands"
 DESCRIPTION = (
-    "Talk to a loraq gateway (submit, get, wait, cancel, encode). Where the loraq server is "
-    "installed, its commands (gateway, worker, demo, ...) are here too."
+    "Talk to a loraq gateway (submit, get, wait, cancel, encode, batch). Where the loraq server "
+    "is installed, its commands (gateway, worker, demo, ...) are here too."
 )
+#: The Batches API's list pages hold at most this many.
+_MAX_PAGE = 100
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 AddCommands: TypeAlias = Callable[[Subcommands], None]
@@ -73,12 +82,19 @@ def _options(args: argparse.Namespace) -> dict[str, object]:
     return {"lora_id": args.lora_id} if args.lora_id else {}
 
 
+def _iter_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line index, text) of every non-blank line, read as they come. Split on newlines only:
+    str.splitlines would also split inside a text at form feeds and Unicode separators."""
+    with contextlib.ExitStack() as opened:
+        stream = sys.stdin if path == "-" else opened.enter_context(open(path, encoding="utf-8"))
+        for i, line in enumerate(stream):
+            text = line.removesuffix("\n").removesuffix("\r")
+            if text.strip():
+                yield i, text
+
+
 def _read_lines(path: str) -> list[tuple[int, str]]:
-    """(line index, text) of every non-blank line. Split on newlines only: str.splitlines would
-    also split inside a text at form feeds and Unicode separators."""
-    raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    lines = (line.removesuffix("\r") for line in raw.split("\n"))
-    return [(i, line) for i, line in enumerate(lines) if line.strip()]
+    return list(_iter_lines(path))
 
 
 def _print_json(data: Any) -> None:
@@ -212,6 +228,169 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- Batches -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _batch_input(path: str) -> Iterator[FileInput]:
+    """stdin is spooled to a temporary file (on disk, not in memory) before the upload: the
+    upload then has a length, and can be sent again after a 429 or 503, which a pipe cannot."""
+    if path != "-":
+        yield Path(path)
+        return
+    with tempfile.TemporaryFile() as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.seek(0)
+        yield spool
+
+
+@_reports_errors
+def _batch_submit(args: argparse.Namespace) -> int:
+    with _client(args) as client, _batch_input(args.file) as file:
+        batch = client.submit_batch(
+            file,
+            output_format=args.output_format,
+            metadata=dict(args.metadata) if args.metadata else None,
+            webhook=args.webhook,
+        )
+        if not args.wait:
+            print(batch.id)
+            return 0
+        # The id before the wait: an interrupted or timed-out wait leaves the batch running.
+        print(f"loraq: batch {batch.id} created, waiting", file=sys.stderr)
+        batch.wait(args.timeout, args.poll)
+    _print_json(batch.data)
+    if not batch.ok:
+        print(f"loraq: batch {batch.id} ended {batch.status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@_reports_errors
+def _batch_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.batch(args.batch_id).data)
+    return 0
+
+
+@_reports_errors
+def _batch_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        _print_json(client.cancel_batch(args.batch_id).data)
+    return 0
+
+
+@_reports_errors
+def _batch_download(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        batch = client.batch(args.batch_id)
+        paths = batch.download(args.dir)
+    if not paths:
+        print(f"loraq: batch {batch.id} has no files (it is {batch.status})", file=sys.stderr)
+        return 1
+    for path in paths.values():
+        print(path)
+    return 0
+
+
+@_reports_errors
+def _batch_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        batches = client.iter_batches(page_size=min(args.limit, _MAX_PAGE))
+        for batch in itertools.islice(batches, args.limit):
+            _print_json(batch.data)
+    return 0
+
+
+@_reports_errors
+def _batch_lines(args: argparse.Namespace) -> int:
+    texts = (text for _, text in _iter_lines(args.file))
+    lines = batch_lines(texts, args.model, args.lora_id, args.prefix, args.texts_per_line)
+    out = sys.stdout.buffer
+    for line in lines:
+        out.write(line.encode())
+    out.flush()
+    return 0
+
+
+def _metadata_pair(value: str) -> tuple[str, str]:
+    key, sep, text = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {value!r}")
+    return key, text
+
+
+def _add_batch_commands(
+    sub: Subcommands, client: argparse.ArgumentParser, texts: argparse.ArgumentParser
+) -> None:
+    batch = sub.add_parser(
+        "batch",
+        help="bulk embedding through the Batches API (OpenAI's): lines, submit, status, "
+        "cancel, download, list",
+    )
+    commands = batch.add_subparsers(dest="batch_command", required=True)
+
+    p = commands.add_parser(
+        "lines",
+        parents=[texts],
+        help="texts (one per line) as batch input lines on stdout; custom ids count the "
+        "lines written, from 0",
+    )
+    p.add_argument("--prefix", default="line-", help="custom_id prefix (%(default)s)")
+    p.add_argument(
+        "--texts-per-line", type=_positive, default=1, help="inputs per line (%(default)s)"
+    )
+    p.set_defaults(func=_batch_lines)
+
+    p = commands.add_parser(
+        "submit", parents=[client], help="upload an input file, create a batch, print its id"
+    )
+    p.add_argument("file", nargs="?", default="-", help="JSONL input lines (default: stdin)")
+    p.add_argument("--output-format", choices=["jsonl", "parquet", "npy"], default="jsonl")
+    p.add_argument(
+        "--metadata", type=_metadata_pair, action="append", metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument("--webhook", help="URL to call when the batch ends (signed)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the batch to end, print it as JSON (exit 1 if it failed, expired or "
+        f"was cancelled, {EXIT_TIMEOUT} on timeout)",
+    )
+    p.add_argument("--timeout", type=float, help="seconds to wait (default: no limit)")
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=DEFAULT_POLL_S,
+        help="most seconds between polls (%(default)s)",
+    )
+    p.set_defaults(func=_batch_submit)
+
+    p = commands.add_parser("status", parents=[client], help="print a batch as JSON")
+    p.add_argument("batch_id")
+    p.set_defaults(func=_batch_status)
+
+    p = commands.add_parser("cancel", parents=[client], help="cancel a batch, print it as JSON")
+    p.add_argument("batch_id")
+    p.set_defaults(func=_batch_cancel)
+
+    p = commands.add_parser(
+        "download",
+        parents=[client],
+        help="write a batch's output, error and ids files, print their paths (exit 1 if it "
+        "has none)",
+    )
+    p.add_argument("batch_id")
+    p.add_argument("--dir", default=".", help="where to write them (default: here)")
+    p.set_defaults(func=_batch_download)
+
+    p = commands.add_parser(
+        "list", parents=[client], help="print batches as JSON lines, newest first"
+    )
+    p.add_argument("--limit", type=_positive, default=20, help="at most this many (%(default)s)")
+    p.set_defaults(func=_batch_list)
+
+
 def _client_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
@@ -269,6 +448,8 @@ def add_client_commands(sub: Subcommands) -> None:
     p.add_argument("--timeout", type=float, help="seconds to wait for each job (default: none)")
     p.add_argument("--no-text", action="store_true", help="leave the text out of each line")
     p.set_defaults(func=_encode)
+
+    _add_batch_commands(sub, client, texts)
 
 
 def _positive(value: str) -> int:
