@@ -509,3 +509,11 @@ class AsyncJobStore:
 
     async def cancel(self, job_id: str, now: float) -> Transition:
         return await self._apply(cancel_op(job_id, self.ttl_s, now))
+
+    async def discard(self, job_id: str) -> None:
+        """Drop an ended job whose result has been taken elsewhere (a batch chunk's, once in its
+        output part): a large batch must not leave its vectors in Redis for `ttl_s`. Only
+        ended jobs: a live one would lose its record under its worker."""
+        job = await self.get(job_id)
+        if job is not None and job.status.terminal:
+            await self._r.delete(keys.job(job_id), keys.job_result(job_id))

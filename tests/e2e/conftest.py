@@ -45,7 +45,13 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Pa
 def stack(
     redis_server: str, adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    env = {"LORAQ_REDIS_URL": redis_server, "LORAQ_ADAPTERS__DIR": str(adapter_dir), **STACK_ENV}
+    env = {
+        "LORAQ_REDIS_URL": redis_server,
+        "LORAQ_ADAPTERS__DIR": str(adapter_dir),
+        "LORAQ_BULK__STORE": str(tmp_path_factory.mktemp("files")),
+        "LORAQ_BULK__POLL_S": "0.1",
+        **STACK_ENV,
+    }
     running = Stack(env=env, log_dir=tmp_path_factory.mktemp("logs"))
     try:
         running.start_gateway()
