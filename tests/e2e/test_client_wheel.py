@@ -2,9 +2,10 @@
 with its dependencies from the package index, against the e2e stack.
 
 The point of the separate distribution is what that venv lacks (torch, Celery, FastAPI, the
-server's settings, orjson too, so the standard-library JSON path runs for real) and what its
-`loraq` command offers: the client commands only, since the server's come from an entry point
-that only the server distribution declares.
+server's settings, orjson too, so the standard-library JSON path runs for real, and pyarrow,
+which only reading parquet batch output needs) and what its `loraq` command offers: the client
+commands only, since the server's come from an entry point that only the server distribution
+declares.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "clients" / "python"
 #: What a client-only install must not bring: the heavy stacks and the server itself.
 SERVER_ONLY = ["torch", "transformers", "celery", "fastapi", "pydantic", "pydantic_settings"]
-CLIENT_COMMANDS = {"submit", "get", "wait", "cancel", "encode"}
+CLIENT_COMMANDS = {"submit", "get", "wait", "cancel", "encode", "batch"}
 TEXTS = ["The tenant returns the keys at the end of the lease.", "short", "Ünïcode text"]
 
 PROBE = """
@@ -91,7 +92,8 @@ def commands(help_text: str) -> set[str]:
 
 
 def test_the_wheel_installs_without_the_server_stack(venv: Path) -> None:
-    modules = [*SERVER_ONLY, "loraq", "api", "common", "orjson", "loraq_client", "httpx", "numpy"]
+    modules = [*SERVER_ONLY, "loraq", "api", "common", "orjson", "pyarrow"]
+    modules += ["loraq_client", "httpx", "numpy"]
     found = json.loads(run(str(venv / "python"), "-c", PROBE, *modules).stdout)
     assert [m for m in modules if found[m]] == ["loraq_client", "httpx", "numpy"]
 
