@@ -818,6 +818,7 @@ def test_cli_status_cancel_download_list(
     [
         ["batch", "submit", "f", "--metadata", "novalue"],
         ["batch", "submit", "f", "--output-format", "csv"],
+        ["batch", "submit", "f", "--wait", "--poll", "0"],
         ["batch", "lines"],
         ["batch", "list", "--limit", "0"],
         ["batch"],

@@ -360,7 +360,7 @@ def _add_batch_commands(
     p.add_argument("--timeout", type=float, help="seconds to wait (default: no limit)")
     p.add_argument(
         "--poll",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_POLL_S,
         help="most seconds between polls (%(default)s)",
     )
@@ -457,6 +457,13 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
     return number
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return seconds
 
 
 def installed_commands() -> list[AddCommands]:
