@@ -30,10 +30,10 @@ from anyio import to_thread
 from api.auth import LOCAL_TENANT, Caller
 from api.batch_input import Split, in_key, split_input
 from api.batch_output import ChunkOutcome, assemble, read_chunk, write_chunk, write_chunk_errors
-from api.batches import TERMINAL, BatchError, StoredBatch
 from api.errors import error_for_code
 from api.state import Gateway
 from common import keys
+from common.batch_record import TERMINAL, BatchError, StoredBatch
 from common.errors import FileNotFound, InvalidFile, LoraqError, QueueFull
 from common.job_view import vectors
 from common.schemas import EncodeMessage, JobStatus, StoredJob
@@ -377,16 +377,26 @@ class _Driver:
                 )
                 fields[field] = record.id
         allowed = ("in_progress", "finalizing", "cancelling")
-        await self.gw.batches.move(self.batch_id, stored.tenant, allowed, status, fields)
-        await to_thread.run_sync(self.objects.delete_prefix, f"batches/{self.batch_id}")
+        await self._end(stored, allowed, status, fields)
         await self.gw.redis.delete(keys.batch_chunks(self.batch_id))
 
     async def _fail(self, stored: StoredBatch, code: str, message: str) -> None:
         error = BatchError(code=code, message=message)
         fields: dict[str, object] = {"failed_at": int(time.time()), "errors": [error.model_dump()]}
-        await self.gw.batches.move(
-            self.batch_id, stored.tenant, ("validating", "cancelling"), "failed", fields
-        )
+        await self._end(stored, ("validating", "cancelling"), "failed", fields)
+
+    async def _end(
+        self, stored: StoredBatch, allowed: tuple[str, ...], status: str, fields: dict[str, object]
+    ) -> None:
+        """The terminal move (which queues the webhook's delivery, if it asked for this end),
+        a nudge to the webhook worker so it need not wait for its sweep, then the parts go."""
+        found = await self.gw.batches.move(self.batch_id, stored.tenant, allowed, status, fields)
+        events = (stored.webhook_events or "").split()
+        if found in allowed and status in events:
+            try:
+                await self.gw.publisher.webhook(self.batch_id)
+            except Exception as exc:  # the outbox sweep delivers it anyway
+                log.warning("could not queue the webhook of %s (%r)", self.batch_id, exc)
         await to_thread.run_sync(self.objects.delete_prefix, f"batches/{self.batch_id}")
 
 

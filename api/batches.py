@@ -10,33 +10,29 @@ resurrects a batch, and the runner learns of a cancel at its next step.
 
 from __future__ import annotations
 
-import json
 import secrets
+import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
 from common import keys
+from common.batch_record import (
+    ALL_BATCH_EVENTS,
+    TERMINAL,
+    Batch,
+    BatchEvent,
+    BatchPage,
+    OutputFormat,
+    StoredBatch,
+    decode_batch,
+    encode_value,
+    flat_fields,
+    texts,
+)
 from common.errors import BatchNotCancellable, BatchNotFound, TooManyBatches
-
-BatchStatus = Literal[
-    "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
-    "cancelled",
-]  # fmt: skip
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
-OutputFormat = Literal["jsonl", "parquet", "npy"]
-BatchEvent = Literal["completed", "failed", "expired", "cancelled"]
-ALL_BATCH_EVENTS: tuple[BatchEvent, ...] = ("completed", "failed", "expired", "cancelled")
-#: The one completion window OpenAI offers, in seconds.
-WINDOW_S = {"24h": 24 * 3600}
-_TIMES = (
-    "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
-    "expired_at", "cancelling_at", "cancelled_at",
-)  # fmt: skip
-_COUNTS = ("total", "completed", "failed")
-_IDS = ("output_file_id", "error_file_id", "ids_file_id")
 
 
 class BatchWebhook(BaseModel):
@@ -62,71 +58,6 @@ class BatchCreate(BaseModel):
     webhook: BatchWebhook | None = None
 
 
-class BatchError(BaseModel):
-    code: str
-    message: str
-    line: int | None = None
-    param: str | None = None
-
-
-class BatchErrors(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[BatchError]
-
-
-class RequestCounts(BaseModel):
-    total: int = 0
-    completed: int = 0
-    failed: int = 0
-
-
-class Batch(BaseModel):
-    id: str
-    object: Literal["batch"] = "batch"
-    endpoint: str
-    errors: BatchErrors | None = None
-    input_file_id: str
-    completion_window: str
-    status: BatchStatus
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    created_at: int
-    in_progress_at: int | None = None
-    expires_at: int | None = None
-    finalizing_at: int | None = None
-    completed_at: int | None = None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    cancelling_at: int | None = None
-    cancelled_at: int | None = None
-    request_counts: RequestCounts = RequestCounts()
-    metadata: dict[str, str] | None = None
-    output_format: OutputFormat = "jsonl"
-    #: With `output_format: "npy"`: one JSON line per row of the .npy (custom_id, index).
-    ids_file_id: str | None = None
-
-
-class BatchPage(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Batch]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class StoredBatch(BaseModel):
-    """The record as the runner reads it: the public view plus what only loraq needs."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    batch: Batch
-    tenant: str
-    key: str | None = None
-    webhook: BatchWebhook | None = None
-    chunks: int = 0
-    dims: int | None = None
-
-
 def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
@@ -142,68 +73,37 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: record, open zset, tenant's open set. ARGV: id, allowed current statuses (space-separated),
-# new status, retention for a terminal one (s, '' = not terminal), then fields as name, value.
-# Answers the status it found ('' if the record is gone); moves only from an allowed one.
+# KEYS: record, open zset, tenant's open set, webhook outbox. ARGV: id, allowed current statuses
+# (space-separated), new status, retention for a terminal one (s, '' = not terminal), now, then
+# fields as name, value. Answers the status it found ('' if the record is gone); moves only
+# from an allowed one. A terminal move whose event the batch's webhook asked for puts the
+# delivery in the outbox in the same step, as a job's terminal transition does.
 _MOVE_LUA = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return '' end
 if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
 redis.call('HSET', KEYS[1], 'status', ARGV[3])
-if #ARGV >= 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('SREM', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  local events = redis.call('HGET', KEYS[1], 'webhook_events')
+  if events and string.find(' ' .. events .. ' ', ' ' .. ARGV[3] .. ' ', 1, true) then
+    redis.call('HSET', KEYS[1], 'webhook_status', 'pending')
+    redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+  end
 end
 return status
 """
 
 
-def _encode(value: object) -> str:
-    return (
-        json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
-    )
-
-
-def _flat(fields: Mapping[str, object]) -> list[str]:
-    return [part for k, v in fields.items() if v is not None for part in (k, _encode(v))]
-
-
-def _texts(values: Any) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def decode_batch(raw: Mapping[bytes | str, bytes | str]) -> StoredBatch:
-    data = dict(zip(_texts(raw.keys()), _texts(raw.values()), strict=True))
-    batch: dict[str, Any] = {
-        "id": data["id"],
-        "endpoint": data["endpoint"],
-        "input_file_id": data["input_file_id"],
-        "completion_window": data["completion_window"],
-        "status": data["status"],
-        "output_format": data.get("output_format", "jsonl"),
-        "request_counts": {k: int(data.get(k, 0)) for k in _COUNTS},
-        **{k: int(float(data[k])) for k in _TIMES if k in data},
-        **{k: data[k] for k in _IDS if k in data},
-    }
-    if "metadata" in data:
-        batch["metadata"] = json.loads(data["metadata"])
-    if "errors" in data:
-        batch["errors"] = {"data": json.loads(data["errors"])}
-    return StoredBatch(
-        batch=Batch.model_validate(batch),
-        tenant=data["tenant"],
-        key=data.get("key"),
-        webhook=BatchWebhook.model_validate_json(data["webhook"]) if "webhook" in data else None,
-        chunks=int(data.get("chunks", 0)),
-        dims=int(data["dims"]) if "dims" in data else None,
-    )
-
-
 class BatchRecords:
-    def __init__(self, client: aioredis.Redis, retention_s: int, max_open_per_tenant: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, retention_s: int, max_open_per_tenant: int, window_s: int
+    ) -> None:
         self._r = client
+        self._window_s = window_s
         self._retention_s = retention_s
         self._max_open = max_open_per_tenant
         self._create = client.register_script(_CREATE_LUA)
@@ -225,16 +125,17 @@ class BatchRecords:
             "status": "validating",
             "output_format": request.output_format,
             "created_at": int(now),
-            "expires_at": int(now) + WINDOW_S[request.completion_window],
+            "expires_at": int(now) + self._window_s,
             "metadata": request.metadata,
-            "webhook": request.webhook.model_dump_json() if request.webhook else None,
+            "webhook_url": request.webhook.url if request.webhook else None,
+            "webhook_events": " ".join(request.webhook.events) if request.webhook else None,
         }
         created = await self._create(
             keys=[
                 keys.batch(batch_id), keys.OPEN_BATCHES, keys.tenant_open_batches(tenant),
                 keys.tenant_batches(tenant),
             ],
-            args=[batch_id, now, self._max_open, *_flat(fields)],
+            args=[batch_id, now, self._max_open, *flat_fields(fields)],
         )  # fmt: skip
         if not int(created):
             raise TooManyBatches(
@@ -263,7 +164,7 @@ class BatchRecords:
             if rank is None:
                 raise BatchNotFound(f"no batch {after[:64]!r}")
             start = int(rank) + 1  # type: ignore[arg-type]
-        ids = _texts(await self._r.zrevrange(key, start, start + limit))
+        ids = texts(await self._r.zrevrange(key, start, start + limit))
         batches = []
         for batch_id in ids[:limit]:
             stored = await self.load(batch_id)
@@ -297,17 +198,21 @@ class BatchRecords:
         """Compare-and-set: `status` (and `fields`) only from one of `allowed`; answers the
         status found."""
         reply = await self._move(
-            keys=[keys.batch(batch_id), keys.OPEN_BATCHES, keys.tenant_open_batches(tenant)],
+            keys=[
+                keys.batch(batch_id), keys.OPEN_BATCHES, keys.tenant_open_batches(tenant),
+                keys.WEBHOOK_OUTBOX,
+            ],
             args=[
                 batch_id, " ".join(allowed), status,
-                self._retention_s if status in TERMINAL else "", *_flat(fields or {}),
+                self._retention_s if status in TERMINAL else "", time.time(),
+                *flat_fields(fields or {}),
             ],
         )  # fmt: skip
         return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     async def update(self, batch_id: str, fields: Mapping[str, object]) -> None:
-        mapping = {k: _encode(v) for k, v in fields.items() if v is not None}
+        mapping = {k: encode_value(v) for k, v in fields.items() if v is not None}
         await self._r.hset(keys.batch(batch_id), mapping=mapping)  # type: ignore[arg-type]
 
     async def open_batches(self, limit: int) -> list[str]:
-        return _texts(await self._r.zrange(keys.OPEN_BATCHES, 0, limit - 1))
+        return texts(await self._r.zrange(keys.OPEN_BATCHES, 0, limit - 1))

@@ -8,18 +8,24 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.auth import RateLimiter
+from api.batch_runner import BatchRunner
+from api.batches import BatchRecords
 from api.body import parse_limiter
 from api.checks import SubmitChecks
 from api.cluster_view import ClusterView
 from api.errors import install_error_handlers
+from api.files import FileRecords
 from api.idempotency import Idempotency
 from api.openapi import install_openapi
 from api.publisher import Publisher
+from api.routes import batches as batch_routes
 from api.routes import embeddings, encode, health, jobs, webhook_secret, workers
+from api.routes import files as file_routes
 from api.state import Gateway, connect_redis
 from api.waiter import CompletionWaiter
 from common.broker import make_celery
 from common.job_store import AsyncJobStore
+from common.object_store import open_store
 from common.settings import Settings
 
 
@@ -37,13 +43,24 @@ def create_app(settings: Settings) -> FastAPI:
         rate = RateLimiter(client)
         idempotency = Idempotency(client, store, settings.auth.idempotency_ttl_s)
         checks = SubmitChecks(settings)
-        app.state.parse_limiter = parse_limiter()
-        app.state.gateway = Gateway(
-            settings, client, store, publisher, waiter, cluster, rate, idempotency, checks
+        bulk = settings.bulk
+        objects = open_store(bulk.store, bulk.s3_endpoint)
+        files = FileRecords(client, objects, bulk)
+        batches = BatchRecords(
+            client, bulk.retention_s, bulk.max_open_batches_per_tenant, bulk.window_s
         )
+        app.state.parse_limiter = parse_limiter()
+        gateway = Gateway(
+            settings, client, store, publisher, waiter, cluster, rate, idempotency, checks,
+            objects, files, batches,
+        )  # fmt: skip
+        app.state.gateway = gateway
+        runner = BatchRunner(gateway)
+        await runner.start()
         try:
             yield
         finally:
+            await runner.stop()
             await cluster.stop()
             await waiter.stop()
             publisher.close()
@@ -58,5 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(workers.router)
     app.include_router(webhook_secret.router)
+    app.include_router(file_routes.router)
+    app.include_router(batch_routes.router)
     install_openapi(app, settings)
     return app

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from api.auth import RateLimiter
+from api.batches import BatchRecords
 from api.checks import SubmitChecks
 from api.cluster_view import ClusterView
+from api.files import FileRecords
 from api.idempotency import Idempotency
 from api.publisher import Publisher
 from api.waiter import CompletionWaiter
 from common.job_store import AsyncJobStore
+from common.object_store import ObjectStore
 from common.settings import Settings
 
 
@@ -39,3 +42,6 @@ class Gateway:
     rate: RateLimiter
     idempotency: Idempotency
     checks: SubmitChecks
+    objects: ObjectStore
+    files: FileRecords
+    batches: BatchRecords

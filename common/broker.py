@@ -88,6 +88,4 @@ def enqueue(client: redis.Redis, message: EncodeMessage, queue: str) -> None:
     """Push a job's message onto `queue` again (the sweeper's republish of a lost message)."""
     raw = message.model_dump_json().encode()
     priority = message.priority
-    client.lpush(
-        keys.queue_list(queue, priority), envelope(raw, message.job_id, queue, priority)
-    )
+    client.lpush(keys.queue_list(queue, priority), envelope(raw, message.job_id, queue, priority))

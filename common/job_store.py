@@ -336,6 +336,11 @@ class JobStore:
     def _apply(self, op: Op) -> Transition:
         return _transition_result(op, self._script(keys=op[0], args=op[1]))
 
+    @property
+    def redis(self) -> redis.Redis:
+        """For readers of records the store does not own (the webhook sender's batches)."""
+        return self._r
+
     def get(self, job_id: str) -> StoredJob | None:
         raw = self._r.hgetall(keys.job(job_id))
         return decode_job(raw) if raw else None
@@ -425,6 +430,21 @@ class JobStore:
             args += [name, "" if value is None else str(value)]
         job_keys = [keys.job(job_id), keys.WEBHOOK_OUTBOX, keys.job_result(job_id)]
         return bool(self._webhook_record(keys=job_keys, args=args))
+
+    def record_batch_webhook(
+        self,
+        batch_id: str,
+        fields: Mapping[str, object],
+        next_attempt_at: float | None,
+        keep_s: int,
+    ) -> bool:
+        """`record_webhook` for a batch's delivery: the same outbox and delivery log, on the
+        batch's record (written by the gateway's batch runner; only these fields here)."""
+        args = [batch_id, "" if next_attempt_at is None else repr(next_attempt_at), str(keep_s)]
+        for name, value in fields.items():
+            args += [name, "" if value is None else str(value)]
+        record = keys.batch(batch_id)
+        return bool(self._webhook_record(keys=[record, keys.WEBHOOK_OUTBOX, record], args=args))
 
     def succeed(
         self, job_id: str, now: float, result: bytes, fields: Mapping[str, object]

@@ -116,6 +116,9 @@ class BulkSettings(_Section):
     lease_ttl_s: float = Field(30.0, gt=0)
     #: How often a gateway looks for batches without a driver, and polls its own.
     poll_s: float = Field(0.5, gt=0)
+    #: The completion window a batch gets: `"24h"`, the one window OpenAI offers, means this
+    #: long; past it the batch ends `expired` with what is done. Shorter only to test expiry.
+    window_s: int = Field(24 * 3600, ge=1)
     #: Files and finished batches are kept this long (OpenAI keeps batch output 30 days).
     retention_s: int = Field(30 * 24 * 3600, ge=60)
 

@@ -1,4 +1,9 @@
-"""Signed job-completion webhooks (Standard Webhooks): one delivery attempt at a time.
+"""Signed completion webhooks (Standard Webhooks) for jobs and batches: one delivery attempt at
+a time.
+
+The outbox holds job ids and batch ids alike (`batch_...`): a batch's terminal move queues its
+delivery as a job's terminal transition does, and both go through the same claim, signing,
+retry schedule and delivery log (the `webhook_*` fields of the job's or the batch's record).
 
 The terminal transition of a job with a webhook puts the job in the outbox (a zset scored by when
 the next attempt is due) in the same Lua step, so a delivery is queued exactly once per job
@@ -34,7 +39,8 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from common import metrics
+from common import keys, metrics
+from common.batch_record import StoredBatch, decode_batch
 from common.errors import WebhookUrlForbidden
 from common.job_store import JobStore
 from common.job_view import job_json, job_view
@@ -63,6 +69,18 @@ class Outcome:
 
 def message_id(job_id: str) -> str:
     return f"msg_{job_id}"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one outbox entry delivers: a job's end or a batch's."""
+
+    id: str
+    tenant: str
+    url: str
+    attempts: int
+    job: StoredJob | None = None
+    batch: StoredBatch | None = None
 
 
 def _http_date_delay(text: str, now: float) -> float | None:
@@ -126,36 +144,50 @@ class WebhookSender:
     def close(self) -> None:
         self._poster.close()
 
-    def deliver(self, job_id: str) -> Outcome:
-        """One attempt, if one is due, none is in flight for this job and its receiver host has
-        room; a delivery whose job is gone leaves the outbox."""
-        job = self._store.get(job_id)
+    def _load(self, entry: str) -> Delivery | None:
+        if entry.startswith("batch_"):
+            raw = self._store.redis.hgetall(keys.batch(entry))
+            batch = decode_batch(raw) if raw else None
+            if batch is None or batch.webhook_url is None:
+                return None
+            return Delivery(
+                entry, batch.tenant, batch.webhook_url, batch.webhook_attempts or 0, batch=batch
+            )
+        job = self._store.get(entry)
         if job is None or job.webhook_url is None:
-            self._outbox.drop(job_id)
+            return None
+        return Delivery(entry, job.tenant or "", job.webhook_url, job.webhook_attempts or 0, job)
+
+    def deliver(self, entry: str) -> Outcome:
+        """One attempt, if one is due, none is in flight for this entry (a job or batch id) and
+        its receiver host has room; a delivery whose job or batch is gone leaves the outbox."""
+        delivery = self._load(entry)
+        if delivery is None:
+            self._outbox.drop(entry)
             return Outcome("dropped")
-        host = _receiver_host(job.webhook_url)
+        host = _receiver_host(delivery.url)
         token = secrets.token_hex(8)
         now = self._clock()
         defer_until = now + self._settings.sweep_s * self._rng.uniform(1, 2)
         claim = self._outbox.claim(
-            job_id, host, token, now, self.lease_s, self._settings.max_in_flight_per_host,
+            entry, host, token, now, self.lease_s, self._settings.max_in_flight_per_host,
             defer_until,
         )  # fmt: skip
         if claim is not Claim.CLAIMED:
             return Outcome(claim.name.lower())
         try:
-            job = self._store.get(job_id)  # as of the claim: the attempt count is current
-            if job is None:
-                self._outbox.drop(job_id)
+            claimed = self._load(entry)  # as of the claim: the attempt count is current
+            if claimed is None:
+                self._outbox.drop(entry)
                 return Outcome("dropped")
-            return self._attempt(job, now)
+            return self._attempt(claimed, now)
         finally:
-            self._outbox.release(job_id, host, token)
+            self._outbox.release(entry, host, token)
 
-    def _attempt(self, job: StoredJob, now: float) -> Outcome:
-        attempt = (job.webhook_attempts or 0) + 1
+    def _attempt(self, delivery: Delivery, now: float) -> Outcome:
+        attempt = delivery.attempts + 1
         try:
-            answer = self._post(job, now)
+            answer = self._post(delivery, now)
         except Unresolvable as exc:  # DNS can be down for a while: try again later
             outcome = Outcome("retry", None, exc.message)
         except WebhookUrlForbidden as exc:
@@ -167,24 +199,24 @@ class WebhookSender:
         except httpx.HTTPError as exc:
             outcome = Outcome("retry", None, _describe(exc))
         except Exception as exc:  # a bug costs an attempt, so the schedule still ends
-            log.exception("webhook attempt for %s failed", job.id)
+            log.exception("webhook attempt for %s failed", delivery.id)
             outcome = Outcome("retry", None, f"internal error ({type(exc).__name__})")
         else:
-            return self._answered(job, attempt, answer, now)
-        return self._record(job, attempt, outcome, None, now)
+            return self._answered(delivery, attempt, answer, now)
+        return self._record(delivery, attempt, outcome, None, now)
 
-    def _answered(self, job: StoredJob, attempt: int, answer: Answer, now: float) -> Outcome:
+    def _answered(self, delivery: Delivery, attempt: int, answer: Answer, now: float) -> Outcome:
         code = answer.status_code
         if 200 <= code < 300:
-            return self._record(job, attempt, Outcome("delivered", code), None, now)
+            return self._record(delivery, attempt, Outcome("delivered", code), None, now)
         if code == 410:
             gone = Outcome("failed", code, "410 Gone: receiver unsubscribed")
-            return self._record(job, attempt, gone, None, now)
+            return self._record(delivery, attempt, gone, None, now)
         wait = None
         if code in (429, 503):
             longest = max(self._settings.retry_schedule_s, default=0.0)
             wait = retry_after_seconds(answer.retry_after, now, longest)
-        return self._record(job, attempt, Outcome("retry", code, f"HTTP {code}"), wait, now)
+        return self._record(delivery, attempt, Outcome("retry", code, f"HTTP {code}"), wait, now)
 
     def _next_attempt_at(self, attempt: int, wait: float | None) -> float:
         spread = self._settings.jitter
@@ -194,7 +226,7 @@ class WebhookSender:
         return self._clock() + max(delay, wait or 0.0)
 
     def _record(
-        self, job: StoredJob, attempt: int, outcome: Outcome, wait: float | None, now: float
+        self, delivery: Delivery, attempt: int, outcome: Outcome, wait: float | None, now: float
     ) -> Outcome:
         next_at = None
         if outcome.result == "retry":
@@ -212,28 +244,38 @@ class WebhookSender:
             "webhook_last_error": outcome.error,
             "webhook_next_attempt_at": next_at,
         }
-        # The job outlives its next attempt by a full TTL, so the outcome stays readable.
+        # The record outlives its next attempt by a full TTL, so the outcome stays readable.
         keep_s = self._store.ttl_s + (0 if next_at is None else math.ceil(max(next_at - now, 0)))
-        self._store.record_webhook(job.id, fields, next_at, keep_s)
+        if delivery.batch is not None:
+            self._store.record_batch_webhook(delivery.id, fields, next_at, keep_s)
+        else:
+            self._store.record_webhook(delivery.id, fields, next_at, keep_s)
         metrics.WEBHOOK_ATTEMPTS.labels(outcome.result).inc()
         log.info(
-            "webhook for %s: attempt %d %s %s", job.id, attempt, outcome.result, outcome.error or ""
-        )
+            "webhook for %s: attempt %d %s %s",
+            delivery.id, attempt, outcome.result, outcome.error or "",
+        )  # fmt: skip
         return outcome
 
-    def payload(self, job: StoredJob, now: float) -> bytes:
+    def payload(self, delivery: Delivery, now: float) -> bytes:
+        if delivery.batch is not None:
+            batch = delivery.batch.batch
+            data = batch.model_dump(mode="json")
+            return job_json({"type": f"batch.{batch.status}", "timestamp": iso(now), "data": data})
+        job = delivery.job
+        assert job is not None
         base = (self._settings.public_base_url or "").rstrip("/")
         self_url = f"{base}/v1/jobs/{job.id}"
         result = self._store.get_result(job.id)
-        data: dict[str, Any]
+        view: dict[str, Any]
         if result is not None and len(result) <= self._settings.inline_result_max_bytes:
-            data = job_view(job, result, self_url)
+            view = job_view(job, result, self_url)
         else:
-            data = job_view(job, None, self_url)
+            view = job_view(job, None, self_url)
             if result is not None:
-                data["links"]["result"] = self_url
-        data.pop("webhook")
-        event = {"type": f"job.{job.status.value}", "timestamp": iso(now), "data": data}
+                view["links"]["result"] = self_url
+        view.pop("webhook")
+        event = {"type": f"job.{job.status.value}", "timestamp": iso(now), "data": view}
         return job_json(event)
 
     def _signer(self, tenant: str) -> Webhook | None:
@@ -242,14 +284,13 @@ class WebhookSender:
             self._signers[tenant] = None if secret is None else Webhook(secret)
         return self._signers[tenant]
 
-    def _post(self, job: StoredJob, now: float) -> Answer:
-        assert job.webhook_url is not None
-        target = parse_url(job.webhook_url)
-        signer = self._signer(job.tenant or "")
+    def _post(self, delivery: Delivery, now: float) -> Answer:
+        target = parse_url(delivery.url)
+        signer = self._signer(delivery.tenant)
         if signer is None:
             raise WebhookUrlForbidden("no webhook signing secret is configured for this tenant")
-        body = self.payload(job, now)
-        msg_id = message_id(job.id)
+        body = self.payload(delivery, now)
+        msg_id = message_id(delivery.id)
         stamp = datetime.fromtimestamp(int(now), UTC)
         headers = {
             "content-type": "application/json",

@@ -12,12 +12,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.batches import Batch, BatchCreate, BatchPage
+from api.batches import BatchCreate
 from api.body import parse_body
 from api.deps import CallerDep, GatewayDep
 from api.models import WebhookSpec
 from api.openapi import error_responses, request_body
 from api.submit import webhook_target
+from common.batch_record import Batch, BatchPage
 from common.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])

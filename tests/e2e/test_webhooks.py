@@ -204,3 +204,39 @@ def test_unresolvable_host_fails_the_delivery(client: httpx.Client) -> None:
     state = webhook_state(client, job_id)
     assert (state["status"], state["attempts"]) == ("failed", 4)
     assert "does not resolve" in state["last_error"]
+
+
+def test_a_batch_end_is_delivered_signed_with_retries(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    """A batch's webhook goes through the same outbox, signing, retries and delivery log."""
+    receiver.script["/batch"] = [Answer(503), Answer(200)]
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": MODEL, "input": f"text {i}"}}
+        for i in range(5)
+    ]  # fmt: skip
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    upload = client.post("/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})
+    assert upload.status_code == 200, upload.text
+    created = client.post("/v1/batches", json={
+        "input_file_id": upload.json()["id"], "endpoint": "/v1/embeddings",
+        "completion_window": "24h",
+        "webhook": {"url": receiver.url("/batch"), "events": ["completed"]},
+    })  # fmt: skip
+    assert created.status_code == 200, created.text
+    batch_id = created.json()["id"]
+
+    def delivered() -> bool:
+        state = client.get(f"/v1/batches/{batch_id}").json()["webhook"]
+        return state["status"] == "delivered"
+
+    wait_until(delivered, 60, "the batch's webhook to be delivered")
+    state = client.get(f"/v1/batches/{batch_id}").json()["webhook"]
+    assert (state["attempts"], state["last_status_code"]) == (2, 200)
+    calls = receiver.requests_to("/batch")
+    assert len(calls) == 2 and len({c.headers["webhook-id"] for c in calls}) == 1
+    event = verify_webhook(calls[-1].headers, calls[-1].body, tenant_secret(client))
+    assert event["type"] == "batch.completed"
+    assert event["data"]["id"] == batch_id
+    assert event["data"]["request_counts"] == {"total": 5, "completed": 5, "failed": 0}

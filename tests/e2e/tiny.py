@@ -27,6 +27,8 @@ def tiny_stack(
         "LORAQ_MODELS": json.dumps({MODEL: str(model_dir)}),
         "LORAQ_ADAPTERS__DIR": str(root / "adapters"),
         "LORAQ_WORKER__TORCH_THREADS": "1",
+        "LORAQ_BULK__STORE": str(root / "files"),
+        "LORAQ_BULK__POLL_S": "0.1",
         **env,
     }
     stack = Stack(env=full_env, log_dir=root / "logs")
