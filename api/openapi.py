@@ -11,6 +11,7 @@ the fuzz test (tests/e2e/test_fuzz_api.py) holds the gateway to them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -56,12 +57,15 @@ _ANY = (500,)
 _V1 = (401, 503)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses` of a route: each status with its codes and the error body."""
+def error_responses(
+    *statuses: int, codes: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """`responses` of a route: each status with its codes and the error body. `codes` names
+    the codes of statuses where the route's differ from the job routes' (files, batches)."""
     return {
         status: {
             "model": ErrorBody,
-            "description": _ERRORS[status],
+            "description": (codes or {}).get(status) or _ERRORS[status],
             **({"headers": _RETRY_AFTER} if status in (429, 503) else {}),
         }
         for status in statuses
