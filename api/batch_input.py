@@ -73,7 +73,7 @@ class Split:
     lines: int = 0
     invalid: int = 0
     chunks: int = 0
-    adapters: set[str] = field(default_factory=set)
+    adapters: set[tuple[str, str]] = field(default_factory=set)  # (model, lora_id)
 
 
 @dataclass
@@ -178,7 +178,7 @@ class _Splitter:
         chunk.entries.append(entry)
         chunk.texts += texts
         if lora_id is not None:
-            self.split.adapters.add(lora_id)
+            self.split.adapters.add((model, lora_id))
 
     def _flush(self, chunk: _Open) -> None:
         with self.store.open_write(in_key(self.batch_id, self.split.chunks)) as out:

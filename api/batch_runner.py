@@ -230,7 +230,18 @@ class _Driver:
         )  # fmt: skip
         if found != "validating":
             await self.gw.batches.update(self.batch_id, fields)
+        await self._prefetch(split)
         return await self.gw.batches.load(self.batch_id)
+
+    async def _prefetch(self, split: Split) -> None:
+        """Every adapter the batch names, to the worker its chunks will go to, before they do:
+        a slow source (the Hub, S3) is fetched while earlier chunks run."""
+        for model, lora_id in sorted(split.adapters):
+            queue = self.gw.cluster.affinity_queue(model, lora_id)
+            try:
+                await self.gw.publisher.prefetch(lora_id, queue)
+            except Exception as exc:  # a hint: the chunks load it anyway
+                log.info("prefetch of %s not sent (%r)", lora_id, exc)
 
     async def _step(self, stored: StoredBatch, who: Caller) -> bool:
         """Collect finished chunks and queue more; True once every chunk is done."""

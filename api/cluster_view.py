@@ -125,6 +125,9 @@ class ClusterView:
     def route(self, model: str, lora_id: str | None, job_id: str) -> Route:
         return self._routers[model].route(lora_id, job_id)
 
+    def affinity_queue(self, model: str, lora_id: str) -> str:
+        return self._routers[model].affinity_queue(lora_id)
+
     def published(self, model: str, job_id: str) -> None:
         self._routers[model].published(job_id)
 

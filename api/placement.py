@@ -166,6 +166,15 @@ class Router:
                 return self._place(worker, job_id, lora_id, reason)
         raise AssertionError("bounded loads: the least loaded worker is always under the cap")
 
+    def affinity_queue(self, lora_id: str) -> str:
+        """Where an adapter's jobs go when loads allow: its warm worker, else its rendezvous
+        choice. For hints (a prefetch), so nothing is counted as placed."""
+        if not self._workers:
+            return keys.model_queue(self.model_id)
+        candidates = [w for w in self._workers if lora_id in w.warm] or self._workers
+        worker = max(candidates, key=lambda w: stable_hash(lora_id, w.id))
+        return worker.queues[stable_hash(lora_id) % len(worker.queues)]
+
     def _place(self, worker: WorkerView, job_id: str, key: str, reason: str) -> Route:
         self._outstanding[job_id] = _Placed(worker.id, UNPUBLISHED, self._clock())
         self._after[worker.id] += 1

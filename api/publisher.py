@@ -1,4 +1,5 @@
-"""Webhook delivery requests to the Celery broker from async code, on threads of its own.
+"""Webhook delivery requests and adapter prefetch hints to the Celery broker from async code, on
+threads of its own.
 
 (Encode jobs are queued by the job store itself, in the Lua call that records them.) Celery's
 publish blocks, so it runs off the event loop. Not on the shared worker-thread pool:
@@ -14,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from celery import Celery
 
-from common.broker import publish_webhook
+from common.broker import publish_prefetch, publish_webhook
 
 THREADS = 4
 
@@ -27,6 +28,10 @@ class Publisher:
     async def webhook(self, job_id: str) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, publish_webhook, self._celery, job_id)
+
+    async def prefetch(self, lora_id: str, queue: str) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, publish_prefetch, self._celery, lora_id, queue)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

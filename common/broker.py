@@ -84,6 +84,14 @@ def publish_webhook(app: Celery, job_id: str) -> None:
     )  # fmt: skip
 
 
+def publish_prefetch(app: Celery, lora_id: str, queue: str) -> None:
+    """Ask the worker consuming `queue` to load an adapter ahead of its jobs (a hint: lost, the
+    jobs load it themselves)."""
+    app.send_task(
+        keys.TASK_PREFETCH, args=[lora_id], queue=queue, retry=True, retry_policy=PUBLISH_RETRY
+    )
+
+
 def enqueue(client: redis.Redis, message: EncodeMessage, queue: str) -> None:
     """Push a job's message onto `queue` again (the sweeper's republish of a lost message)."""
     raw = message.model_dump_json().encode()

@@ -57,6 +57,8 @@ SWEEP_LOCK = PREFIX + "sweep-lock"
 #: Batches not yet terminal (scored by creation time): what gateways drive.
 OPEN_BATCHES = PREFIX + "batches:open"
 TASK_ENCODE = "loraq.encode"
+#: Load an adapter into a worker's CPU tier ahead of its jobs (a batch's adapters).
+TASK_PREFETCH = "loraq.prefetch"
 
 #: The kombu priority of batch chunk jobs (one of kombu's steps 0, 3, 6, 9; 9 is the lowest).
 BULK_PRIORITY = 9

@@ -54,6 +54,7 @@ class FakeAdapters:
     def __init__(self, known: list[str]) -> None:
         self.slots = {lora_id: i for i, lora_id in enumerate(known)}
         self.leased = 0
+        self.prefetched: list[str] = []
         self._lock = threading.Lock()
 
     def acquire(self, lora_id: str, timeout: float | None = None) -> Lease:
@@ -66,3 +67,7 @@ class FakeAdapters:
     def release(self, lease: Lease) -> None:
         with self._lock:
             self.leased -= 1
+
+    def prefetch(self, lora_id: str) -> None:
+        with self._lock:
+            self.prefetched.append(lora_id)

@@ -11,7 +11,8 @@ files lifts it at once; other failures (a source down, a failed slot write) are 
 
 A slot is taken from the least used unleased adapter of late, the least recent among equals
 (`worker.eviction`); the CPU tier, a victim cache for slots, is plain LRU. Adapters named in
-`adapters.pinned` are loaded at start and never leave their slot.
+`adapters.pinned` are loaded at start and never leave their slot; `prefetch` loads into the CPU
+tier only.
 """
 
 from __future__ import annotations
@@ -139,6 +140,15 @@ class AdapterCache:
         with self._lock:
             self._pinned.add(lora_id)
         self.release(lease)
+
+    def prefetch(self, lora_id: str) -> None:
+        """Into the CPU tier ahead of its first job (a batch names its adapters before its
+        chunks arrive): fetched from its source, read and validated now, so the job pays a
+        slot write only. Takes no slot, so it evicts nothing warm."""
+        with self._lock:
+            if lora_id in self._slot_of or lora_id in self._cpu:
+                return
+        self._weights(lora_id, None)
 
     def warm(self) -> list[str]:
         with self._lock:

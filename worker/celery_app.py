@@ -10,10 +10,10 @@ from celery import Celery
 
 from common.broker import make_consumer_app
 from common.settings import Settings
-from worker.tasks import Handler, register_tasks
+from worker.tasks import Handler, Prefetcher, register_tasks
 
 
-def make_worker_app(settings: Settings, runner: Handler) -> Celery:
+def make_worker_app(settings: Settings, runner: Handler, adapters: Prefetcher) -> Celery:
     app = make_consumer_app(settings)
-    register_tasks(app, runner)
+    register_tasks(app, runner, adapters)
     return app

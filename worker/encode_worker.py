@@ -101,7 +101,7 @@ class EncodeWorker:
             worker_id=self.id,
             on_webhook_due=lambda job_id: publish_webhook(self.app, job_id),
         )
-        self.app = make_worker_app(settings, self.runner)
+        self.app = make_worker_app(settings, self.runner, self.cache)
         rs = settings.routing
         self.redeliverer = Redeliverer(store, partial(enqueue, self.redis), rs.sweep_s, self.id)
         self._swept_at = 0.0

@@ -3,6 +3,7 @@ a fake engine: the job system's plumbing without model weights."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from common.job_store import JobStore
 from common.settings import BatchSettings, Settings
+from loraq.stack import wait_until
 from tests.constants import FAKE_MODEL
 from tests.fakes import DIMS, FakeAdapters, FakeEngine, fake_vector
 from worker.batcher import Batcher
@@ -35,6 +37,7 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         worker={"model": FAKE_MODEL},
         sync_timeout_s=10,
         auth={"mode": "disabled"},
+        bulk={"store": str(tmp_path / "files"), "poll_s": 0.05},
     )
 
 
@@ -49,7 +52,7 @@ def worker(settings: Settings, engine: FakeEngine) -> Iterator[FakeAdapters]:
     batcher = Batcher(engine.encode, DIMS, BatchSettings(max_wait_ms=20))
     batcher.start()
     store = JobStore(redis.Redis.from_url(settings.redis_url), settings.result_ttl_s)
-    app = make_worker_app(settings, JobRunner(store, engine, adapters, batcher.submit))
+    app = make_worker_app(settings, JobRunner(store, engine, adapters, batcher.submit), adapters)
     with start_worker(app, concurrency=8, pool="threads", perform_ping_check=False):
         yield adapters
     batcher.stop()
@@ -136,3 +139,31 @@ def test_readyz_sees_heartbeats(client: TestClient, settings: Settings) -> None:
     assert ready.status_code == 200 and ready.json()["workers"][FAKE_MODEL] == 1
     remove_worker(r, "w1")
     assert client.get("/readyz").status_code == 503
+
+
+def test_a_batch_prefetches_its_adapters_and_runs_at_bulk_priority(
+    client: TestClient, worker: FakeAdapters
+) -> None:
+    """The batch's chunk jobs sit on the queue's lowest-priority list and a real Celery worker
+    still consumes them; the adapter the batch names is prefetched before its chunks run."""
+    lines = [
+        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
+         "body": {"model": FAKE_MODEL, "input": f"text {i}",
+                  **({"lora_id": "org/known"} if i % 2 else {})}}
+        for i in range(6)
+    ]  # fmt: skip
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    upload = client.post("/v1/files", files={"file": ("b.jsonl", data)}, data={"purpose": "batch"})
+    assert upload.status_code == 200, upload.text
+    created = client.post("/v1/batches", json={
+        "input_file_id": upload.json()["id"], "endpoint": "/v1/embeddings",
+        "completion_window": "24h",
+    })  # fmt: skip
+    batch_id = created.json()["id"]
+    wait_until(
+        lambda: client.get(f"/v1/batches/{batch_id}").json()["status"] == "completed",
+        30, "the batch to complete",
+    )  # fmt: skip
+    assert worker.prefetched == ["org/known"]
+    counts = client.get(f"/v1/batches/{batch_id}").json()["request_counts"]
+    assert counts == {"total": 6, "completed": 6, "failed": 0}

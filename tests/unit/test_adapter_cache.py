@@ -219,6 +219,21 @@ def test_cpu_tier_saves_reload(make_cache, reader: FakeReader, engine: FakeEngin
     assert reader.calls == ["a", "b", "c", "b"]
 
 
+def test_prefetch_loads_into_the_cpu_tier_and_evicts_nothing(
+    make_cache, reader: FakeReader, engine: FakeEngine
+) -> None:
+    cache = make_cache(n_slots=1)
+    use(cache, "warm")
+    cache.prefetch("next")
+    cache.prefetch("next")  # already in the CPU tier: not read again
+    cache.prefetch("warm")  # already in a slot: nothing to do
+    assert reader.calls == ["warm", "next"]
+    assert cache.warm() == ["warm"], "a prefetch takes no slot"
+    use(cache, "next")  # its first job pays a slot write only
+    assert reader.calls == ["warm", "next"]
+    assert [lora for _, lora in engine.writes] == ["warm", "next"]
+
+
 def test_leased_slot_is_never_evicted(make_cache, engine: FakeEngine, runner: Runner) -> None:
     cache = make_cache(n_slots=1)
     held = cache.acquire("a")

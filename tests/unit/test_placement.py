@@ -334,3 +334,16 @@ def test_the_simulator_beats_round_robin_and_keeps_balance() -> None:
     assert loraq.max_mean_backlog <= 1.8
     assert loraq.over_cap_share <= 0.05 < hashing.over_cap_share
     assert loraq.p99_latency_ticks < rr.p99_latency_ticks
+
+
+def test_affinity_queue_is_a_hint_that_places_nothing() -> None:
+    """Where an adapter's jobs would go when loads allow (its warm worker, else its rendezvous
+    choice), for a prefetch: nothing is counted against any worker."""
+    router = router_with([view(1, queues=("q1",)), view(2, queues=("q2",), warm={"hot"})])
+    before = router.loads()
+    assert router.affinity_queue("hot") == "q2"
+    cold = router.affinity_queue("cold")
+    assert cold == router.route("cold", "j1").queue
+    router.complete("j1")
+    assert router.loads() == before
+    assert Router(FAKE_MODEL, clock=Clock()).affinity_queue("x") == keys.model_queue(FAKE_MODEL)
