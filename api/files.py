@@ -230,8 +230,9 @@ class FileRecords:
         self, tenant: str, filename: str, purpose: FilePurpose, key: str, nbytes: int
     ) -> FileObject:
         """Records a file a batch wrote at `key` (its output or error file), outside the cap: a
-        finished batch's results are never refused. From then on the file's bytes are this
-        class's: deleting the file or its expiry deletes them."""
+        finished batch's results are never refused. `nbytes` must be the object's exact size:
+        downloads declare it as their Content-Length. From then on the bytes are this class's:
+        deleting the file or its expiry deletes them."""
         file_id = new_file_id()
         record = self._record(tenant, file_id, filename, purpose, key, nbytes)
         await self._save(record)
