@@ -166,7 +166,8 @@ class _Driver:
                 stored, "INVALID_API_KEY", "the API key that created the batch is gone"
             )
             return
-        if stored.batch.status == "validating":
+        unsplit = stored.batch.in_progress_at is None  # a cancel can come before the split
+        if stored.batch.status == "validating" or (stored.batch.status == "cancelling" and unsplit):
             stored = await self._validate(stored, who)
             if stored is None:
                 return

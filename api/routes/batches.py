@@ -23,6 +23,15 @@ from common.errors import InvalidInput
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
+_CODES = {
+    400: "`INVALID_JSON`: the body is neither valid JSON nor valid msgpack",
+    404: "`BATCH_NOT_FOUND`, `FILE_NOT_FOUND` (missing and another tenant's answer alike)",
+    409: "`BATCH_NOT_CANCELLABLE`: the batch is finalizing or has ended",
+    422: "`INVALID_INPUT`: a malformed body or query, or an input file whose purpose is not "
+    "`batch`; `WEBHOOK_URL_FORBIDDEN`, `WEBHOOKS_DISABLED`",
+    429: "`TOO_MANY_BATCHES`: the tenant's open batches are at their cap; `QUOTA_EXCEEDED`",
+}
+
 
 def _json(model: Batch | BatchPage, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
@@ -32,7 +41,7 @@ def _json(model: Batch | BatchPage, status: int = 200) -> Response:
     "",
     responses={
         200: {"model": Batch, "description": "The batch, `validating`"},
-        **error_responses(400, 401, 404, 413, 415, 422, 429, 500, 503),
+        **error_responses(400, 404, 413, 415, 422, 429, 500, 503, codes=_CODES),
     },
     openapi_extra=request_body(BatchCreate),
 )
@@ -41,6 +50,7 @@ async def create_batch(request: Request, gw: GatewayDep, who: CallerDep) -> Resp
     checked as the batch runs (bad lines go to the error file, a file that is not JSON lines
     fails the batch)."""
     body = await parse_body(request, BatchCreate, gw.settings.limits)
+    await gw.rate.admit(who)
     record = await gw.files.get(who.tenant, body.input_file_id)
     if record.purpose != "batch":
         raise InvalidInput(f"file {record.id} has purpose {record.purpose!r}, not 'batch'")
@@ -56,7 +66,7 @@ async def create_batch(request: Request, gw: GatewayDep, who: CallerDep) -> Resp
     "",
     responses={
         200: {"model": BatchPage, "description": "The tenant's batches, newest first"},
-        **error_responses(401, 404, 422, 500, 503),
+        **error_responses(404, 422, 500, 503, codes=_CODES),
     },
 )
 async def list_batches(
@@ -72,7 +82,7 @@ async def list_batches(
     "/{batch_id}",
     responses={
         200: {"model": Batch, "description": "The batch"},
-        **error_responses(401, 404, 500, 503),
+        **error_responses(404, 422, 500, 503, codes=_CODES),
     },
 )
 async def get_batch(batch_id: str, gw: GatewayDep, who: CallerDep) -> Response:
@@ -83,7 +93,7 @@ async def get_batch(batch_id: str, gw: GatewayDep, who: CallerDep) -> Response:
     "/{batch_id}/cancel",
     responses={
         200: {"model": Batch, "description": "The batch, `cancelling` until its runner stops"},
-        **error_responses(401, 404, 409, 500, 503),
+        **error_responses(404, 409, 422, 500, 503, codes=_CODES),
     },
 )
 async def cancel_batch(batch_id: str, gw: GatewayDep, who: CallerDep) -> Response:
