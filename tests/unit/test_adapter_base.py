@@ -15,7 +15,7 @@ import torch
 from common import errors
 from common.adapters import CONFIG_FILE
 from common.settings import AdapterSettings, BaseMismatchPolicy
-from tests.unit.conftest import PEFT_WARNINGS, base_info_for, edit_config
+from tests.unit.support import PEFT_WARNINGS, base_info_for, edit_config
 from worker.adapter_files import AdapterRules, read_adapter
 from worker.engine.types import BaseModelInfo
 

@@ -21,7 +21,7 @@ import worker.adapter_cache as adapter_cache
 from common.errors import AdapterNonFinite, AdapterNotFound, AdapterTensorsMismatch
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from loraq.stack import wait_until
-from tests.unit.conftest import PEFT_WARNINGS, base_info_for, blocked_in
+from tests.unit.support import PEFT_WARNINGS, base_info_for, blocked_in
 from worker.adapter_cache import AdapterCache, Lease, Refusals
 from worker.adapter_files import AdapterFiles, AdapterRules
 from worker.engine.lora import AdapterWeights, LoraModuleWeights, LoraPool
@@ -490,7 +490,7 @@ def test_real_adapters_into_a_lora_pool(make_adapter, make_base) -> None:
 def test_real_refusal_remembered_until_the_files_change(
     make_adapter, make_base, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.unit.conftest import edit_config
+    from tests.unit.support import edit_config
 
     path = make_adapter("nan", r=2, lora_alpha=4, target_modules=["query"])
     edit_config(path, lora_alpha=float("nan"))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from common import errors
 from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
-from tests.unit.conftest import PEFT_WARNINGS, edit_config
+from tests.unit.support import PEFT_WARNINGS, edit_config
 from worker.adapter_config import (
     MAX_CONFIG_BYTES,
     MAX_PATTERN_KEYS,

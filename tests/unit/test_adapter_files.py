@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from common import errors
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
-from tests.unit.conftest import BASE_ID, PEFT_WARNINGS, edit_config
+from tests.unit.support import BASE_ID, PEFT_WARNINGS, edit_config
 from worker.adapter_files import MAX_SCALE, AdapterRules, read_adapter
 from worker.engine.types import BaseModelInfo
 
@@ -250,7 +250,7 @@ def test_other_base_served_with_warn_policy(make_adapter, tiny_base_info, caplog
 
 @pytest.mark.parametrize("name", [BASE_ID, "/models/tiny", None, ""])
 def test_matching_or_unknown_base_accepted(make_adapter, make_base, name) -> None:
-    from tests.unit.conftest import base_info_for
+    from tests.unit.support import base_info_for
 
     base = base_info_for(make_base(), aliases=("/models/tiny",))
     path = _with_base(make_adapter("same", r=2, target_modules=["query"]), name)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from common.settings import BaseMismatchPolicy
-from tests.unit.conftest import PEFT_WARNINGS, base_info_for
+from tests.unit.support import PEFT_WARNINGS, base_info_for, build_tiny
 from worker.adapter_files import AdapterRules, read_adapter
 from worker.engine.encoder import PackedEncoder
 from worker.engine.engine import Engine
@@ -261,13 +261,11 @@ def segments_like_engine(ordered_slots: list[int | None], lengths: list[int]) ->
 @pytest.fixture(scope="module", params=KINDS)
 def adapters_case(request, tmp_path_factory) -> dict[str, Any]:
     """Built once per model kind (PEFT models are the slow part of this module)."""
-    from tests.unit.conftest import _build
-
     kind = request.param
     root = tmp_path_factory.mktemp(f"adapters-{kind}")
 
     def make_base(k: str = "bert", seed: int = 0, **overrides: Any) -> Any:
-        return _build(k, seed, overrides)
+        return build_tiny(k, seed, overrides)
 
     def make_adapter(name: str, kind: str, seed: int, **lora: Any) -> Path:
         from peft import LoraConfig, get_peft_model
