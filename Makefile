@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench bench-e2e bench-engine bench-routing bench-control-plane up clean
+.PHONY: demo test test-fast lint format bench bench-e2e bench-engine bench-routing bench-control-plane bench-batch up clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-routing: $(STAMP)
 
 bench-control-plane: $(STAMP)
 	$(PY) bench/control_plane.py
+
+bench-batch: $(STAMP)
+	$(PY) bench/batch.py
 
 up: $(STAMP)
 	$(PY) -m loraq.cli up
