@@ -28,6 +28,7 @@ from typing import Any
 from anyio import to_thread
 
 from api.auth import LOCAL_TENANT, Caller
+from api.background import cancel_and_wait
 from api.batch_input import Split, in_key, split_input
 from api.batch_output import ChunkOutcome, assemble, read_chunk, write_chunk, write_chunk_errors
 from api.errors import error_for_code
@@ -100,12 +101,8 @@ class BatchRunner:
         self._task = asyncio.create_task(self._loop(), name="loraq-batch-runner")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._driving.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, *self._driving.values()):
+            await cancel_and_wait(task)
         for batch_id in list(self._driving):
             with contextlib.suppress(Exception):
                 await self._release(keys=[keys.batch_lease(batch_id)], args=[self._id])
