@@ -55,6 +55,12 @@ class BatchSettings(_Section):
     max_tokens: int = Field(16_384, ge=16)
     max_items: int = Field(256, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
+    #: While interactive jobs keep coming (one within `interactive_quiet_s`), a forward of batch
+    #: chunks' rows alone is cut to about this long (from the forwards measured so far), so an
+    #: interactive job waits at most about this for the forward in progress. With no interactive
+    #: traffic, bulk forwards fill whole batches.
+    bulk_forward_ms: float = Field(25.0, gt=0)
+    interactive_quiet_s: float = Field(2.0, ge=0)
 
 
 class BaseMismatchPolicy(StrEnum):

@@ -13,9 +13,11 @@ drain: GPU busy 0.70 -> 0.77 with 16-item jobs).
 A forward that raises is retried on halves of its jobs until the failing job is alone, then only
 that job fails (`ENCODE_FAILED`); the other jobs of the batch still get their vectors.
 
-Rows of batch chunks (`bulk`) wait in a queue of their own: a window takes interactive rows
-first and fills up with bulk rows, so a batch of a million lines delays an interactive job by at
-most the forward in progress.
+Rows of batch chunks (`bulk`) wait in a queue of their own, and a window holds either kind, never
+both: interactive rows go first, in a forward of their own (small, so quick), and while
+interactive jobs keep coming a forward of bulk rows is cut to about `bulk_forward_ms` (from the
+measured time per padded token). So a batch of a million lines delays an interactive job by about
+one short forward, and with no interactive traffic bulk forwards fill whole batches.
 
 A job submitted with a key (its job id) is checked at batch boundaries, through `ended`, for
 having ended elsewhere (cancelled, or finished by another delivery): then its rows still pending
@@ -28,6 +30,7 @@ batch more.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -130,6 +133,8 @@ class Batcher:
         self._pending_tokens = 0
         self._backlog = False
         self._stopping = False
+        self._interactive_at = -math.inf
+        self._seconds_per_token: float | None = None  # forward time, an average of late
         self._thread: threading.Thread | None = None
         self.stats = BatchStats()
 
@@ -166,6 +171,8 @@ class Batcher:
                 raise RuntimeError("batcher is stopping")
             idle = not self._pending and not self._bulk
             queue = self._bulk if bulk else self._pending
+            if not bulk:
+                self._interactive_at = now
             for i in range(len(rows)):
                 entry = _Entry(job, i, now)
                 queue.append(entry)
@@ -209,23 +216,33 @@ class Batcher:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            queue = self._pending or self._bulk
+            budget = s.max_tokens if queue is self._pending else self._bulk_budget()
             window: list[_Entry] = []
             longest = 0
-            for queue in (self._pending, self._bulk):
-                while queue and (
-                    not window
-                    or (
-                        len(window) < s.max_items
-                        and (len(window) + 1) * max(longest, queue[0].length) <= s.max_tokens
-                    )
-                ):
-                    entry = queue.popleft()
-                    self._pending_tokens -= entry.length
-                    longest = max(longest, entry.length)
-                    window.append(entry)
+            while queue and (
+                not window
+                or (
+                    len(window) < s.max_items
+                    and (len(window) + 1) * max(longest, queue[0].length) <= budget
+                )
+            ):
+                entry = queue.popleft()
+                self._pending_tokens -= entry.length
+                longest = max(longest, entry.length)
+                window.append(entry)
             # Rows left because this batch was full run next without waiting for company.
             self._backlog = bool(self._pending or self._bulk)
             return window
+
+    def _bulk_budget(self) -> int:
+        """Padded tokens of a bulk-only forward: all of `max_tokens` unless interactive jobs
+        came of late, then what the measured pace fits in `bulk_forward_ms`."""
+        s = self._settings
+        quiet = self._clock() - self._interactive_at >= s.interactive_quiet_s
+        if quiet or not self._seconds_per_token:
+            return s.max_tokens
+        return max(1, min(s.max_tokens, int(s.bulk_forward_ms / 1000 / self._seconds_per_token)))
 
     def _stop_ended(self, batch: list[_Entry]) -> None:
         """Ask `ended` about the batch's jobs not checked for `check_every_s`, and stop those
@@ -264,13 +281,13 @@ class Batcher:
         batch = [e for e in batch if not e.job.future.done()]
         if not batch:
             return
-        started, started_cpu = time.perf_counter(), time.thread_time()
+        started, started_cpu = self._clock(), time.thread_time()
         try:
             vectors = self._encode([e.job.rows[e.index] for e in batch])
         except Exception as exc:
             self._isolate(batch, exc)
             return
-        elapsed = time.perf_counter() - started
+        elapsed = self._clock() - started
         self._record(batch, elapsed, time.thread_time() - started_cpu)
         for entry, vector in zip(batch, vectors, strict=True):
             entry.job.vectors[entry.index] = vector
@@ -303,5 +320,8 @@ class Batcher:
         st.padded_tokens += padded
         st.forward_seconds += elapsed
         st.forward_cpu_seconds += cpu
+        pace = elapsed / padded
+        last = self._seconds_per_token
+        self._seconds_per_token = pace if last is None else 0.8 * last + 0.2 * pace
         metrics.BATCH_ROWS.observe(len(batch))
         metrics.BATCH_FILL.observe(min(1.0, padded / self._settings.max_tokens))

@@ -94,8 +94,8 @@ def test_rows_of_several_jobs_share_one_batch(make_batcher, encode: FakeEncode) 
 
 
 def test_interactive_rows_go_before_bulk_rows_queued_earlier(make_batcher, encode) -> None:
-    """A batch chunk queued first still waits: the window takes interactive rows, then fills
-    with bulk rows, and bulk rows that do not fit run in the next batch."""
+    """A batch chunk queued first still waits: interactive rows run first, in a forward of their
+    own, and bulk rows follow in forwards of theirs."""
     batcher = make_batcher(max_tokens=1000, max_items=4, max_wait_ms=0)
     bulk = rows_of([3] * 6, first=100)
     interactive = rows_of([3, 3], first=10)
@@ -106,9 +106,46 @@ def test_interactive_rows_go_before_bulk_rows_queued_earlier(make_batcher, encod
         interactive_future.result(timeout=WAIT).vectors, expected(interactive)
     )
     np.testing.assert_array_equal(bulk_future.result(timeout=WAIT).vectors, expected(bulk))
-    first_batch = sorted(r.tokens[0] for r in encode.batches[0])
-    assert first_batch == [10, 11, 100, 101]
-    assert sorted(r.tokens[0] for r in encode.batches[1]) == [102, 103, 104, 105]
+    firsts = [sorted(r.tokens[0] for r in batch) for batch in encode.batches]
+    assert firsts == [[10, 11], [100, 101, 102, 103], [104, 105]]
+
+
+class ClockedEncode(FakeEncode):
+    """Each forward takes 1 ms per padded token on a clock of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, rows: list[Row]) -> np.ndarray:
+        self.now += 0.001 * len(rows) * max(len(r.tokens) for r in rows)
+        return super().__call__(rows)
+
+
+@pytest.mark.parametrize("interactive", [True, False])
+def test_bulk_forwards_are_cut_short_only_while_interactive_jobs_come(interactive: bool) -> None:
+    """At 1 ms per padded token and `bulk_forward_ms` 12, a bulk forward of 4-token rows holds
+    3 rows while interactive jobs come, and a whole batch (10 rows) when none did."""
+    encode = ClockedEncode()
+    settings = BatchSettings(
+        max_tokens=1000, max_items=10, max_wait_ms=0, bulk_forward_ms=12, interactive_quiet_s=60
+    )
+    batcher = Batcher(encode, DIMS, settings, clock=encode.clock)
+    batcher.start()
+    try:
+        warm_up = rows_of([4] * 2, first=1)  # measures the pace
+        batcher.submit(warm_up, bulk=not interactive).result(timeout=WAIT)
+        bulk = rows_of([4] * 30, first=100)
+        np.testing.assert_array_equal(
+            batcher.submit(bulk, bulk=True).result(timeout=WAIT).vectors, expected(bulk)
+        )
+    finally:
+        batcher.stop(timeout=WAIT)
+    sizes = [len(b) for b in encode.batches[1:]]
+    assert sizes == ([3] * 10 if interactive else [10] * 3)
 
 
 def test_token_budget_and_max_items_respected(make_batcher, encode: FakeEncode) -> None:
