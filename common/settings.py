@@ -58,8 +58,11 @@ class BatchSettings(_Section):
     #: While interactive jobs keep coming (one within `interactive_quiet_s`), a forward of batch
     #: chunks' rows alone is cut to about this long (from the forwards measured so far), so an
     #: interactive job waits at most about this for the forward in progress. With no interactive
-    #: traffic, bulk forwards fill whole batches.
-    bulk_forward_ms: float = Field(25.0, gt=0)
+    #: traffic, bulk forwards fill whole batches. 5 ms keeps interactive p99 within 2x of idle
+    #: on the CPU benchmark (`bench/batch.py`), at 15% of the batch's pace while interactive
+    #: jobs come; on a GPU, whose forwards have a fixed cost of a few ms, 15-25 ms keeps more of
+    #: the batch's pace.
+    bulk_forward_ms: float = Field(5.0, gt=0)
     interactive_quiet_s: float = Field(2.0, ge=0)
 
 
