@@ -27,6 +27,11 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _worker(_: argparse.Namespace) -> int:
+    # oneDNN (torch's CPU kernels) caches a primitive per forward shape; packed rows make nearly
+    # every batch a new shape, so the cache reused little and grew a worker by 68 MB from a 20k-
+    # to a 100k-line batch, and within 2 MB with it off, at no measured cost (`bench/batch.py`).
+    # Read at oneDNN's first primitive, so set before the worker starts; an operator's value wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
     from worker.encode_worker import EncodeWorker
 
     EncodeWorker(Settings()).run()
