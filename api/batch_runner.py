@@ -29,7 +29,7 @@ from anyio import to_thread
 
 from api.auth import LOCAL_TENANT, Caller
 from api.background import cancel_and_wait
-from api.batch_input import Split, in_key, split_input
+from api.batch_input import Split, split_input
 from api.batch_output import ChunkOutcome, assemble, read_chunk, write_chunk, write_chunk_errors
 from api.errors import error_for_code
 from api.state import Gateway
@@ -37,6 +37,7 @@ from common import keys
 from common.batch_record import TERMINAL, BatchError, StoredBatch
 from common.errors import FileNotFound, InvalidFile, LoraqError, QueueFull
 from common.job_view import vectors
+from common.redis_values import RELEASE_IF_HOLDER, RENEW_IF_HOLDER
 from common.schemas import EncodeMessage, JobStatus, StoredJob
 from common.settings import AuthMode
 
@@ -54,16 +55,6 @@ redis.call('HINCRBY', KEYS[2], 'completed', ARGV[2])
 redis.call('HINCRBY', KEYS[2], 'failed', ARGV[3])
 if ARGV[4] ~= '' then redis.call('HSETNX', KEYS[2], 'dims', ARGV[4]) end
 return 1
-"""
-
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -85,8 +76,8 @@ class BatchRunner:
         self._id = "gw-" + secrets.token_hex(6)
         self._settings = gw.settings.bulk
         self._ttl_ms = int(self._settings.lease_ttl_s * 1000)
-        self._renew = gw.redis.register_script(_RENEW_LUA)
-        self._release = gw.redis.register_script(_RELEASE_LUA)
+        self._renew = gw.redis.register_script(RENEW_IF_HOLDER)
+        self._release = gw.redis.register_script(RELEASE_IF_HOLDER)
         self._done = gw.redis.register_script(_DONE_LUA)
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -411,6 +402,3 @@ class _Driver:
 
 def _suffix(key: str) -> str:
     return key[key.rindex(".") :] if "." in key.rsplit("/", 1)[-1] else ""
-
-
-__all__ = ["BatchRunner", "chunk_job_id", "in_key"]

@@ -30,9 +30,9 @@ from common.batch_record import (
     decode_batch,
     encode_value,
     flat_fields,
-    texts,
 )
 from common.errors import BatchNotCancellable, BatchNotFound, TooManyBatches
+from common.redis_values import texts
 
 
 class BatchWebhook(BaseModel):

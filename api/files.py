@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from common import keys
 from common.errors import FileNotFound, TooManyFiles
 from common.object_store import ObjectStore
+from common.redis_values import text, texts
 from common.settings import BulkSettings
 
 log = logging.getLogger(__name__)
@@ -165,16 +166,8 @@ def not_found(file_id: str) -> FileNotFound:
     return FileNotFound(f"file {file_id[:100]!r} not found")
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _members(raw: Any) -> list[str]:
-    return [_text(m) for m in raw]
-
-
 def _decode(raw: Mapping[Any, Any]) -> FileRecord:
-    return FileRecord.model_validate({_text(k): _text(v) for k, v in raw.items()})
+    return FileRecord.model_validate({text(k): text(v) for k, v in raw.items()})
 
 
 class FileRecords:
@@ -253,7 +246,7 @@ class FileRecords:
         cutoff = (time.time() - self._bulk.retention_s) * 1000
         expired = await self._redis.zrange(keys.tenant_files(tenant), "-inf", cutoff, byscore=True)
         if expired:
-            await self._live(tenant, _members(expired))
+            await self._live(tenant, texts(expired))
         return int(await self._redis.zcard(keys.tenant_files(tenant)))
 
     async def list_files(
@@ -297,7 +290,7 @@ class FileRecords:
             page = await self._redis.zrange(
                 key, *bounds, desc=desc, byscore=True, offset=0, num=count
             )
-            return _members(page)
+            return texts(page)
         ms = created_ms(cursor)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrange(key, ms, ms, byscore=True)
@@ -307,9 +300,9 @@ class FileRecords:
             )  # fmt: skip
             same, rest = await pipe.execute()
         tied = sorted(
-            (m for m in _members(same) if (m < cursor if desc else m > cursor)), reverse=desc
+            (m for m in texts(same) if (m < cursor if desc else m > cursor)), reverse=desc
         )
-        return (tied + _members(rest))[:count]
+        return (tied + texts(rest))[:count]
 
     async def _live(self, tenant: str, ids: Sequence[str]) -> list[FileRecord]:
         """The records of `ids` still within retention, in order; the rest are forgotten."""

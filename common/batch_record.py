@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from common.redis_values import texts
+
 BatchStatus = Literal[
     "validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
     "cancelled",
@@ -116,10 +118,6 @@ def encode_value(value: object) -> str:
 
 def flat_fields(fields: Mapping[str, object]) -> list[str]:
     return [part for k, v in fields.items() if v is not None for part in (k, encode_value(v))]
-
-
-def texts(values: Any) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
 def decode_batch(raw: Mapping[bytes | str, bytes | str]) -> StoredBatch:

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from common import keys
 from common.celery_wire import envelope
+from common.redis_values import RENEW_IF_HOLDER, text
 from common.schemas import JobStatus, StoredJob
 
 # Every script reads what it needs of the job hash in one HMGET and writes it in one HSET:
@@ -122,12 +123,6 @@ release(KEYS[1], KEYS[4], KEYS[5], job[2], job[3], job[4])
 return 1
 """
 
-# KEYS: hold. ARGV: worker, TTL in ms. Renews a hold only for the worker that has it.
-_RENEW_HOLD_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
 # KEYS: job hash, stored message, pending zset, queued-items hash, queued-jobs hash, queue list.
 # ARGV: job id, message, ttl, redelivery deadline, tenant ('' = no item quota), items, item
 #       limit, the tenant's queued-jobs field ('' = no share), its job limit, the queue entry
@@ -212,22 +207,18 @@ def _bytes(value: bytes | str | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def decode_job(raw: Mapping[bytes | str, bytes | str]) -> StoredJob:
     data: dict[str, Any] = {}
     for key, value in raw.items():
-        name, text = _text(key), _text(value)
+        name, value_text = text(key), text(value)
         if name == "item_ids":
-            data[name] = json.loads(text)
+            data[name] = json.loads(value_text)
         elif name in _NUMERIC_FIELDS:
-            data[name] = int(text)
+            data[name] = int(value_text)
         elif name in _FLOAT_FIELDS:
-            data[name] = float(text)
+            data[name] = float(value_text)
         else:
-            data[name] = text
+            data[name] = value_text
     return StoredJob.model_validate(data)
 
 
@@ -330,7 +321,7 @@ class JobStore:
         self.hold_ttl_s = hold_ttl_s
         self._script = client.register_script(_RELEASE_LUA + _TRANSITION_LUA)
         self._let_go = client.register_script(_RELEASE_LUA + _LET_GO_LUA)
-        self._renew_hold = client.register_script(_RENEW_HOLD_LUA)
+        self._renew_hold = client.register_script(RENEW_IF_HOLDER)
         self._webhook_record = client.register_script(_WEBHOOK_RECORD_LUA)
 
     def _apply(self, op: Op) -> Transition:
@@ -375,7 +366,7 @@ class JobStore:
         return {
             job_id
             for job_id, status in zip(job_ids, statuses, strict=True)
-            if status is None or _text(status) not in unfinished
+            if status is None or text(status) not in unfinished
         }
 
     def redelivery_state(self, job_id: str) -> tuple[JobStatus | None, bool, bytes | None]:
@@ -387,7 +378,7 @@ class JobStore:
             pipe.get(keys.job_message(job_id))
             status, held, message = pipe.execute()
         return (
-            JobStatus(_text(status)) if status else None,
+            JobStatus(text(status)) if status else None,
             bool(held),
             _bytes(message),
         )
@@ -510,7 +501,7 @@ class AsyncJobStore:
                 *(part for field in encode_job(job).items() for part in field),
             ],
         )  # fmt: skip
-        return None if int(reply[0]) else (_text(reply[2]), int(reply[1]))
+        return None if int(reply[0]) else (text(reply[2]), int(reply[1]))
 
     async def get(self, job_id: str) -> StoredJob | None:
         raw = await self._r.hgetall(keys.job(job_id))

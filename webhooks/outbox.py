@@ -22,6 +22,7 @@ from typing import cast
 import redis
 
 from common import keys
+from common.redis_values import text
 
 # KEYS: outbox, delivery lease, receiver host's in-flight zset.
 # ARGV: job id, now, token, lease end (s), lease length (ms), host cap, deferred until (s).
@@ -56,10 +57,6 @@ class Claim(IntEnum):
     DEFERRED = 3  # the receiver host is at its cap
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Outbox:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
@@ -78,7 +75,7 @@ class Outbox:
                     keys.WEBHOOK_OUTBOX, low, now, start=skip, num=page, withscores=True
                 ),
             )
-            yield from ((_text(member), float(score)) for member, score in rows)
+            yield from ((text(member), float(score)) for member, score in rows)
             if len(rows) < page:
                 return
             last = float(rows[-1][1])

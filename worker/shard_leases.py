@@ -33,17 +33,9 @@ from celery import bootsteps
 
 from common import keys
 from common.hashing import stable_hash
+from common.redis_values import RELEASE_IF_HOLDER, RENEW_IF_HOLDER
 
 log = logging.getLogger(__name__)
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class ShardLeases:
@@ -61,8 +53,8 @@ class ShardLeases:
         self._me = worker_id
         self._ttl_ms = int(ttl_s * 1000)
         self._on_change = on_change
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(RENEW_IF_HOLDER)
+        self._release = client.register_script(RELEASE_IF_HOLDER)
         self._order = sorted(
             range(shards), key=lambda s: stable_hash(str(s), worker_id), reverse=True
         )
