@@ -49,35 +49,6 @@ from standardwebhooks.webhooks import WebhookVerificationError as _StandardWebho
 
 from loraq_client import _json
 
-__all__ = [
-    "APIConnectionError",
-    "AsyncBatch",
-    "AsyncJob",
-    "AsyncLoraqClient",
-    "AuthenticationError",
-    "Batch",
-    "EncodeResult",
-    "FileInput",
-    "HasText",
-    "InvalidRequestError",
-    "InvalidResponseError",
-    "Item",
-    "ItemLike",
-    "Job",
-    "JobFailedError",
-    "JobTimeoutError",
-    "LoraqClient",
-    "LoraqError",
-    "NotFoundError",
-    "Page",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "ServerError",
-    "WebhookVerificationError",
-    "coerce_items",
-    "verify_webhook",
-]
-
 USER_AGENT = "loraq-client/0.1"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RETRIES = 5
