@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from loraq.stack import LOCAL_DEV_ENV, Stack, wait_until
+from loraq_client import batch_lines
 from tests.constants import MODEL
 from tests.e2e.tiny import tiny_stack
 
@@ -33,12 +34,8 @@ FAST = {
 
 
 def lines(n: int) -> bytes:
-    rows = (
-        {"custom_id": f"line-{i}", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": MODEL, "input": f"text number {i} " * (1 + i % 5)}}
-        for i in range(n)
-    )  # fmt: skip
-    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+    texts = (f"text number {i} " * (1 + i % 5) for i in range(n))
+    return "".join(batch_lines(texts, MODEL)).encode()
 
 
 def start_batch(client: httpx.Client, n: int) -> str:

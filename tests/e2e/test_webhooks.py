@@ -18,7 +18,7 @@ from common import keys
 from common.broker import enqueue
 from common.schemas import EncodeMessage
 from loraq.stack import LOCAL_DEV_ENV, Stack, wait_until
-from loraq_client import verify_webhook
+from loraq_client import batch_lines, verify_webhook
 from tests.constants import MODEL
 from tests.e2e.tiny import tiny_stack
 from tests.receiver import Answer, Receiver
@@ -211,12 +211,7 @@ def test_a_batch_end_is_delivered_signed_with_retries(
 ) -> None:
     """A batch's webhook goes through the same outbox, signing, retries and delivery log."""
     receiver.script["/batch"] = [Answer(503), Answer(200)]
-    lines = [
-        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": MODEL, "input": f"text {i}"}}
-        for i in range(5)
-    ]  # fmt: skip
-    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    data = "".join(batch_lines((f"text {i}" for i in range(5)), MODEL, None, "c")).encode()
     upload = client.post("/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})
     assert upload.status_code == 200, upload.text
     created = client.post("/v1/batches", json={

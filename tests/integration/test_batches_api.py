@@ -13,6 +13,7 @@ import pytest
 from api.main import create_app
 from common.settings import BulkSettings
 from loraq.stack import wait_until
+from loraq_client import batch_lines
 from tests.asgi_server import serve
 from tests.constants import FAKE_MODEL
 from tests.integration.gateway_app import Keys, code, settings
@@ -40,12 +41,7 @@ def client_for(served: tuple[str, Keys], tenant: str) -> httpx.Client:
 
 
 def upload(client: httpx.Client, n: int) -> str:
-    lines = [
-        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/embeddings",
-         "body": {"model": FAKE_MODEL, "input": f"text {i}"}}
-        for i in range(n)
-    ]  # fmt: skip
-    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    data = "".join(batch_lines((f"text {i}" for i in range(n)), FAKE_MODEL, None, "c")).encode()
     reply = client.post("/v1/files", files={"file": ("in.jsonl", data)}, data={"purpose": "batch"})
     assert reply.status_code == 200, reply.text
     file_id: str = reply.json()["id"]
