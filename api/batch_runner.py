@@ -35,7 +35,14 @@ from api.errors import error_for_code
 from api.state import Gateway
 from common import keys
 from common.batch_record import TERMINAL, BatchError, StoredBatch
-from common.errors import FileNotFound, InvalidFile, LoraqError, QueueFull
+from common.errors import (
+    BatchCancelled,
+    BatchExpired,
+    FileNotFound,
+    InvalidFile,
+    LoraqError,
+    QueueFull,
+)
 from common.job_view import vectors
 from common.redis_values import RELEASE_IF_HOLDER, RENEW_IF_HOLDER
 from common.schemas import EncodeMessage, JobStatus, StoredJob
@@ -60,14 +67,6 @@ return 1
 
 def chunk_job_id(batch_id: str, chunk: int) -> str:
     return f"job_b{batch_id.removeprefix('batch_')}_{chunk}"
-
-
-class BatchStopped(LoraqError):
-    """What a line not run gets in the error file when its batch was cancelled or expired."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code  # type: ignore[misc]
 
 
 class BatchRunner:
@@ -168,14 +167,14 @@ class _Driver:
                 await self._stop(
                     stored,
                     "cancelled",
-                    BatchStopped("BATCH_CANCELLED", "the batch was cancelled before this line ran"),
+                    BatchCancelled("the batch was cancelled before this line ran"),
                 )
                 return
             if time.time() >= (stored.batch.expires_at or 0) and status == "in_progress":
                 await self._stop(
                     stored,
                     "expired",
-                    BatchStopped("BATCH_EXPIRED", "the batch expired before this line ran"),
+                    BatchExpired("the batch expired before this line ran"),
                 )
                 return
             if status == "finalizing":
@@ -330,7 +329,7 @@ class _Driver:
         )
         return ChunkOutcome(0, failed, None)
 
-    async def _stop(self, stored: StoredBatch, status: str, reason: BatchStopped) -> None:
+    async def _stop(self, stored: StoredBatch, status: str, reason: LoraqError) -> None:
         """Cancelled or expired: chunks in flight are cancelled (what already finished is kept),
         every line not answered goes to the error file, then the files as they stand."""
         states = await self._chunk_states()

@@ -306,3 +306,17 @@ class BatchNotCancellable(Permanent):
 class TooManyBatches(Retryable):
     code = "TOO_MANY_BATCHES"
     http_status = 429
+
+
+class BatchCancelled(Permanent):
+    """A line its batch's cancel reached before it ran (in the batch's error file)."""
+
+    code = "BATCH_CANCELLED"
+    http_status = 409
+
+
+class BatchExpired(Permanent):
+    """A line not run within its batch's completion window (in the batch's error file)."""
+
+    code = "BATCH_EXPIRED"
+    http_status = 410
