@@ -46,3 +46,13 @@ def module_redis_url(redis_server: str) -> str:
     """The session's Redis, emptied for a module whose tests share one gateway."""
     redis.Redis.from_url(redis_server).flushall()
     return redis_server
+
+
+@pytest.fixture(scope="module")
+def private_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the module's own, for gateways that drive batches: every gateway's
+    batch runner takes the open batches of its Redis, so a gateway with other settings on the
+    shared server (the e2e session stack's) could take this module's."""
+    proc, url = start_redis(tmp_path_factory.mktemp("private-redis"))
+    yield url
+    proc.stop()

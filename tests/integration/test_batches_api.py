@@ -23,7 +23,7 @@ CAP = 2
 
 @pytest.fixture(scope="module")
 def served(
-    module_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    private_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Keys]]:
     root = tmp_path_factory.mktemp("batches")
     bulk = BulkSettings(
@@ -31,7 +31,7 @@ def served(
     )
     api_keys = Keys()
     entries = [api_keys.entry(t, rate_per_s=1000, burst=1000) for t in ("acme", "globex", "capped")]
-    with serve(create_app(settings(module_redis_url, root, entries, bulk=bulk))) as url:
+    with serve(create_app(settings(private_redis_url, root, entries, bulk=bulk))) as url:
         yield url, api_keys
 
 

@@ -27,11 +27,11 @@ from worker.runner import JobRunner
 
 
 @pytest.fixture
-def settings(redis_url: str, tmp_path: Path) -> Settings:
+def settings(private_redis_url: str, tmp_path: Path) -> Settings:
     (tmp_path / "org" / "known").mkdir(parents=True)
     (tmp_path / "org" / "known" / "adapter_config.json").write_text("{}")
     return Settings(
-        redis_url=redis_url,
+        redis_url=private_redis_url,
         models={FAKE_MODEL: str(tmp_path)},
         adapters={"dir": tmp_path},
         worker={"model": FAKE_MODEL},
