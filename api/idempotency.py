@@ -5,7 +5,9 @@ id its job will have, then creates the job. A later request with the same key an
 gets that job (200 instead of 202); with another body, 422. Two concurrent requests race on the
 SET NX, so exactly one job is created; the loser waits for the winner's job to exist. If the
 first request fails in any way (a Redis error too) it leaves no live job, and the reservation
-is dropped so a retry can succeed.
+is dropped so a retry can succeed. A reservation whose job never appears (its request failed
+where even the release could not reach Redis, or a Redis failover kept the reservation but lost
+the job) is taken over by the next request with the key, which creates the job.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ log = logging.getLogger(__name__)
 MAX_KEY_LENGTH = 255
 #: How long a duplicate waits for the first request's job to appear.
 WAIT_FOR_FIRST_S = 10.0
+#: KEYS: the reservation. ARGV: the job id it must still name, the new record, its TTL.
+_TAKE_OVER_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current and cjson.decode(current).job ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
 
 
 def body_digest(canonical_body: str) -> str:
@@ -39,6 +48,7 @@ class Idempotency:
         self._r = client
         self._store = store
         self._ttl_s = ttl_s
+        self._take_over = client.register_script(_TAKE_OVER_LUA)
 
     def _key(self, tenant: str, idem_key: str) -> str:
         if not idem_key or len(idem_key) > MAX_KEY_LENGTH:
@@ -61,6 +71,15 @@ class Idempotency:
                 "this Idempotency-Key was used with a different request body"
             )
         return str(first["job"])
+
+    async def take_over(
+        self, tenant: str, idem_key: str, digest: str, stale_job: str, job_id: str
+    ) -> bool:
+        """Reserve the key for `job_id` in place of `stale_job`, whose job never appeared; False
+        if another request took it over first."""
+        record = json.dumps({"body": digest, "job": job_id})
+        key = self._key(tenant, idem_key)
+        return bool(await self._take_over(keys=[key], args=[stale_job, record, self._ttl_s]))
 
     async def release(self, tenant: str, idem_key: str) -> None:
         """Best effort, while the request's own error is on its way to the caller: if Redis

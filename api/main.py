@@ -21,19 +21,26 @@ from api.publisher import Publisher
 from api.routes import batches as batch_routes
 from api.routes import embeddings, encode, health, jobs, webhook_secret, workers
 from api.routes import files as file_routes
-from api.state import Gateway, connect_redis
+from api.state import Gateway
 from api.waiter import CompletionWaiter
 from common.broker import make_celery
 from common.job_store import AsyncJobStore
 from common.object_store import open_store
+from common.redis_connection import async_client
 from common.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = connect_redis(settings)
-        store = AsyncJobStore(client, settings.result_ttl_s, settings.routing.redeliver_after_s)
+        client = async_client(settings)
+        store = AsyncJobStore(
+            client,
+            settings.result_ttl_s,
+            settings.routing.redeliver_after_s,
+            settings.redis_replica_acks,
+            settings.redis_replica_ack_timeout_ms,
+        )
         waiter = CompletionWaiter(client, store)
         await waiter.start()
         cluster = ClusterView(client, settings)

@@ -19,18 +19,6 @@ from common.object_store import ObjectStore
 from common.settings import Settings
 
 
-def connect_redis(settings: Settings) -> aioredis.Redis:
-    """A bounded pool that makes a request wait for a free connection rather than fail: a burst
-    of requests (hundreds of long polls re-reading their jobs at once) queues for a moment
-    instead of getting 503s, and Redis never sees more than `redis_max_connections` of ours."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 @dataclass
 class Gateway:
     settings: Settings

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from api.background import cancel_and_wait
@@ -50,19 +51,28 @@ class CompletionWaiter:
         read when `timeout` passes. A job that is gone, or not `tenant`'s, is answered at the
         first read: a caller never waits on a job it may not see, so waiting tells it nothing.
         The first read happens after this waiter is registered, so a job that finishes at once
-        is never missed."""
+        is never missed. A read that fails for want of a connection (a Redis failover) is tried
+        again at the next recheck: the wait goes on across the failover, and fails (503) only
+        if no read at all succeeded before `timeout`."""
         event = asyncio.Event()
         self._waiters[job_id].add(event)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        read: tuple[StoredJob | None, bytes | None] | None = None
         try:
             while True:
-                job, result = await self._store.get_with_result(job_id)
-                if job is None or job.tenant != tenant or job.status.terminal:
-                    return job, result
+                try:
+                    read = job, result = await self._store.get_with_result(job_id)
+                except RedisConnectionError as exc:
+                    if read is None and loop.time() >= deadline:
+                        raise
+                    log.warning("reading job %s failed (%s); waiting on", job_id, exc)
+                else:
+                    if job is None or job.tenant != tenant or job.status.terminal:
+                        return job, result
                 remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return job, result
+                if remaining <= 0 and read is not None:
+                    return read
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, self._recheck_s))
                 event.clear()

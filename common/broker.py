@@ -15,14 +15,17 @@ from celery import Celery
 
 from common import keys
 from common.celery_wire import envelope
+from common.redis_connection import broker_options, broker_url
 from common.schemas import EncodeMessage
 from common.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("loraq", broker=settings.redis_url, set_as_current=False)
+    sentinel_options, use_ssl = broker_options(settings)
+    app = Celery("loraq", broker=broker_url(settings), set_as_current=False)
     app.conf.update(
         broker_transport_options={
+            **sentinel_options,
             # Every broker key under our prefix (see common.keys).
             "global_keyprefix": keys.KOMBU_PREFIX,
             # An unacked message goes back to its queue after this long. It must exceed the
@@ -39,6 +42,8 @@ def make_celery(settings: Settings) -> Celery:
         result_backend=None,
         task_default_queue=keys.model_queue(next(iter(settings.models))),
     )
+    if use_ssl is not None:
+        app.conf.broker_use_ssl = use_ssl
     return app
 
 

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from common import keys
 from common.celery_wire import envelope
+from common.errors import QueueUnavailable
 from common.redis_values import RENEW_IF_HOLDER, text
 from common.schemas import JobStatus, StoredJob
 
@@ -449,10 +450,19 @@ class JobStore:
 class AsyncJobStore:
     """Non-blocking store, for the gateway."""
 
-    def __init__(self, client: aioredis.Redis, ttl_s: int, redeliver_after_s: float = 300) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        ttl_s: int,
+        redeliver_after_s: float = 300,
+        replica_acks: int = 0,
+        ack_timeout_ms: int = 1000,
+    ) -> None:
         self._r = client
         self.ttl_s = ttl_s
         self.redeliver_after_s = redeliver_after_s
+        self.replica_acks = replica_acks
+        self.ack_timeout_ms = ack_timeout_ms
         self._script = client.register_script(_RELEASE_LUA + _TRANSITION_LUA)
         self._create = client.register_script(_CREATE_LUA)
 
@@ -474,7 +484,11 @@ class AsyncJobStore:
         the job against the tenant's share of its model's queue, in the same step; if either is
         full, nothing is created and the answer names it (`items` or `jobs`) with the tenant's
         count there. A job that exists already is left as it is (a batch resuming its chunks
-        after a gateway restart submits them again under the same ids)."""
+        after a gateway restart submits them again under the same ids).
+
+        With `replica_acks`, the step is followed by `WAIT` on the same connection (one
+        pipeline), and the job counts as created only once that many replicas hold it: else
+        503 `QUEUE_UNAVAILABLE`, and the client retries."""
         tenant = job.tenant or ""
         items = bool(tenant) and max_queued_items is not None
         share = keys.tenant_model_field(tenant, job.model) if tenant and max_model_jobs else ""
@@ -482,26 +496,52 @@ class AsyncJobStore:
         if items:
             update["quota_items"] = job.n_items
         job = job.model_copy(update=update)
-        reply = await self._create(
-            keys=[
-                keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET,
-                keys.QUEUED_ITEMS, keys.QUEUED_JOBS, keys.queue_list(queue, priority),
-            ],
-            args=[
-                job.id,
-                message,
-                self.ttl_s,
-                repr(job.created_at + self.redeliver_after_s),
-                tenant if items else "",
-                job.n_items,
-                max_queued_items or 0,
-                share,
-                max_model_jobs or 0,
-                envelope(message, job.id, queue, priority),
-                *(part for field in encode_job(job).items() for part in field),
-            ],
-        )  # fmt: skip
+        script_keys = [
+            keys.job(job.id), keys.job_message(job.id), keys.PENDING_ZSET,
+            keys.QUEUED_ITEMS, keys.QUEUED_JOBS, keys.queue_list(queue, priority),
+        ]  # fmt: skip
+        args: list[Any] = [
+            job.id,
+            message,
+            self.ttl_s,
+            repr(job.created_at + self.redeliver_after_s),
+            tenant if items else "",
+            job.n_items,
+            max_queued_items or 0,
+            share,
+            max_model_jobs or 0,
+            envelope(message, job.id, queue, priority),
+            *(part for field in encode_job(job).items() for part in field),
+        ]  # fmt: skip
+        if not self.replica_acks:
+            reply = await self._create(keys=script_keys, args=args)
+        else:
+            reply = await self._create_replicated(script_keys, args)
         return None if int(reply[0]) else (text(reply[2]), int(reply[1]))
+
+    async def _create_replicated(self, script_keys: list[str], args: list[Any]) -> Any:
+        """The create script, then `WAIT` for its replicas, in one pipeline (`WAIT` counts the
+        writes of its own connection only)."""
+        try:
+            reply, acked = await self._create_and_wait(script_keys, args)
+        except redis.exceptions.NoScriptError:  # a primary new since the last submit
+            await self._r.script_load(_CREATE_LUA)
+            reply, acked = await self._create_and_wait(script_keys, args)
+        if int(acked) < self.replica_acks:
+            raise QueueUnavailable(
+                f"{acked} of {self.replica_acks} Redis replicas acknowledged the job within "
+                f"{self.ack_timeout_ms} ms; retry shortly"
+            )
+        return reply
+
+    async def _create_and_wait(self, script_keys: list[str], args: list[Any]) -> list[Any]:
+        """EVALSHA, not the script object: its pipelines ask Redis whether the script exists
+        first, a round trip more per submit."""
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._create.sha, len(script_keys), *script_keys, *args)
+            pipe.execute_command("WAIT", self.replica_acks, self.ack_timeout_ms)
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     async def get(self, job_id: str) -> StoredJob | None:
         raw = await self._r.hgetall(keys.job(job_id))

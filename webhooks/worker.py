@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from common import keys
 from common.broker import make_consumer_app, publish_webhook
 from common.job_store import JobStore
+from common.redis_connection import sync_client
 from common.settings import Settings
 from webhooks.delivery import OutboxSweeper, WebhookSender
 from webhooks.outbox import Outbox
@@ -41,7 +42,7 @@ def make_webhook_app(settings: Settings, sender: WebhookSender) -> Celery:
 class WebhookWorker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.redis = sync_client(settings)
         store = JobStore(self.redis, settings.result_ttl_s)
         outbox = Outbox(self.redis)
         self.sender = WebhookSender(store, outbox, settings.webhooks, settings.auth.keys)

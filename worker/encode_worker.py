@@ -71,7 +71,7 @@ class EncodeWorker:
             n_slots=settings.adapters.gpu_slots,
             max_rank=settings.adapters.max_rank,
         )
-        self.redis = connect(settings.redis_url)
+        self.redis = connect(settings)
         ad = settings.adapters
         rules = AdapterRules(ad.max_rank, ad.max_file_bytes, ad.base_mismatch)
         self.cache = AdapterCache(

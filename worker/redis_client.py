@@ -16,13 +16,16 @@ from redis._parsers.encoders import Encoder
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.utils import HIREDIS_AVAILABLE
 
+from common.redis_connection import sync_client
+from common.settings import Settings
+
 #: Arguments longer than this go out as their own write (redis-py's default cutoff).
 LARGE_BYTES = 6000
 
 
 class PayloadPacker:
     def __init__(self) -> None:
-        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None  # type: ignore[no-untyped-call]
         self._large = PythonRespSerializer(LARGE_BYTES, Encoder("utf-8", "strict", False).encode)  # type: ignore[no-untyped-call]
 
     def pack(self, *args: Any) -> list[bytes]:
@@ -33,5 +36,5 @@ class PayloadPacker:
         return self._small.pack(*args)  # type: ignore[no-any-return]
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, command_packer=PayloadPacker())
+def connect(settings: Settings) -> redis.Redis:
+    return sync_client(settings, command_packer=PayloadPacker())

@@ -17,7 +17,7 @@ from api.models import JobCreated, JobRequest
 from api.openapi import JobView, error_responses, request_body
 from api.state import Gateway
 from api.submit import new_job_id, submit
-from common.errors import JobNotCancellable, JobNotFound
+from common.errors import JobNotCancellable, JobNotFound, QueueUnavailable
 from common.job_view import job_json, job_view
 from common.metrics import JOBS_FINISHED
 from common.schemas import StoredJob, iso
@@ -111,9 +111,10 @@ async def create_job(
     first = await gw.idempotency.reserve(who.tenant, idempotency_key, digest, job_id)
     if first is not None:
         job = await gw.idempotency.first_job(first)
-        if job is None:
-            raise JobNotFound(f"the job of this Idempotency-Key ({first}) is gone")
-        return created(job, 200)
+        if job is not None:
+            return created(job, 200)
+        if not await gw.idempotency.take_over(who.tenant, idempotency_key, digest, first, job_id):
+            raise QueueUnavailable("another request with this Idempotency-Key is creating its job")
     try:
         job = await submit(gw, who, body.model, body, body.webhook, job_id=job_id)
     except Exception:  # a Redis error too: submit leaves no live job behind when it raises

@@ -1,5 +1,5 @@
-"""Waiting on the gateway (`api/waiter.py`, `api/state.connect_redis`): many long polls at once
-share a bounded Redis pool, waiting for a connection instead of failing with "Too many
+"""Waiting on the gateway (`api/waiter.py`, `common.redis_connection.async_client`): many long
+polls at once share a bounded Redis pool, waiting for a connection instead of failing with "Too many
 connections", and the sync route stops waiting at its timeout with a job id to poll."""
 
 from __future__ import annotations
