@@ -71,7 +71,7 @@ class InProcess:
     def __init__(self, model_dir: Path, adapter_dir: Path) -> None:
         from common.settings import BaseMismatchPolicy
         from worker.adapter_cache import AdapterCache
-        from worker.adapter_files import AdapterRules
+        from common.adapter_check import AdapterRules
         from worker.adapter_sources import ChainSource, LocalDirSource
         from worker.batcher import Batcher
         from worker.engine.engine import Engine

@@ -48,7 +48,7 @@ from common.settings import (
     resolve_model_path,
 )
 from worker.adapter_cache import AdapterCache
-from worker.adapter_files import AdapterRules
+from common.adapter_check import AdapterRules
 from worker.adapter_sources import ChainSource, LocalDirSource
 from worker.batcher import form_batches
 from worker.engine.engine import Engine

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Protocol
 
 from common import metrics
+from common.adapter_check import AdapterRules, read_files
 from common.errors import AdapterInvalid
-from worker.adapter_files import AdapterRules, build_adapter, read_files
+from worker.adapter_files import build_adapter
 from worker.engine.lora import AdapterWeights
 from worker.engine.types import BaseModelInfo
 from worker.eviction import UseCounts

@@ -22,6 +22,7 @@ from celery import signals
 from prometheus_client import start_http_server
 
 from common import keys
+from common.adapter_check import AdapterRules
 from common.broker import enqueue, publish_webhook
 from common.heartbeats import (
     live_worker_ids,
@@ -34,7 +35,6 @@ from common.job_store import JobStore
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
 from worker.adapter_cache import AdapterCache
-from worker.adapter_files import AdapterRules
 from worker.adapter_sources import sources_from_settings
 from worker.batcher import Batcher
 from worker.celery_app import make_worker_app

@@ -1,4 +1,4 @@
-"""Which base model an adapter was trained on (worker/adapter_files.py): judged by what can be
+"""Which base model an adapter was trained on (common/adapter_check.py): judged by what can be
 checked (known spellings of the base's name, module shapes), on real PEFT adapters saved from a
 tiny random BERT at other paths, as PEFT records them."""
 
@@ -16,7 +16,8 @@ from common import errors
 from common.adapters import CONFIG_FILE
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.support import PEFT_WARNINGS, base_info_for, edit_config
-from worker.adapter_files import AdapterRules, read_adapter
+from common.adapter_check import AdapterRules
+from worker.adapter_files import read_adapter
 from worker.engine.types import BaseModelInfo
 
 pytestmark = [PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
@@ -64,7 +65,7 @@ def test_same_package_in_another_site_packages_accepted(tmp_path, make_base, ser
     make_base().save_pretrained(trainer_copy)
     path = _trained_from(trainer_copy, tmp_path / "a", r=2, target_modules=["query"])
     for rules in (DEFAULT_RULES, STRICT_RULES):
-        with caplog.at_level(logging.WARNING, logger="worker.adapter_files"):
+        with caplog.at_level(logging.WARNING, logger="common.adapter_check"):
             assert len(_read(path, base, rules).modules) == 2
     assert not caplog.records, "a known spelling of the base is no mismatch"
 
@@ -88,7 +89,7 @@ def test_other_path_same_shapes_accepted_by_default(tmp_path, make_base, served,
     copy = tmp_path / "data/models/minilm-copy"
     make_base().save_pretrained(copy)
     path = _trained_from(copy, tmp_path / "a", r=2, target_modules=["query"])
-    with caplog.at_level(logging.WARNING, logger="worker.adapter_files"):
+    with caplog.at_level(logging.WARNING, logger="common.adapter_check"):
         assert len(_read(path, base, DEFAULT_RULES).modules) == 2
     assert any("minilm-copy" in r.getMessage() for r in caplog.records)
     with pytest.raises(errors.AdapterBaseMismatch, match="not a known name"):

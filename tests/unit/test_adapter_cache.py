@@ -23,7 +23,7 @@ from common.settings import AdapterSettings, BaseMismatchPolicy
 from loraq.stack import wait_until
 from tests.unit.support import PEFT_WARNINGS, base_info_for, blocked_in
 from worker.adapter_cache import AdapterCache, Lease, Refusals
-from worker.adapter_files import AdapterFiles, AdapterRules
+from common.adapter_check import AdapterFiles, AdapterRules
 from worker.engine.lora import AdapterWeights, LoraModuleWeights, LoraPool
 from worker.engine.types import BaseModelInfo, ModuleShape
 

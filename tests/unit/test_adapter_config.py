@@ -1,4 +1,4 @@
-"""adapter_config.json (worker/adapter_config.py): malformed configs refused with a plain 422, and
+"""adapter_config.json (common/adapter_config.py): malformed configs refused with a plain 422, and
 rank_pattern / alpha_pattern keys matched as PEFT matches them, with no regex engine.
 
 PEFT resolves a key with `re.match(rf"(.*\\.)?({key})$", name)`; these tests hold our matcher to
@@ -22,13 +22,14 @@ from common import errors
 from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
 from tests.unit.support import PEFT_WARNINGS, edit_config
-from worker.adapter_config import (
+from common.adapter_config import (
     MAX_CONFIG_BYTES,
     MAX_PATTERN_KEYS,
     compile_patterns,
     parse_key,
 )
-from worker.adapter_files import AdapterRules, read_adapter
+from common.adapter_check import AdapterRules
+from worker.adapter_files import read_adapter
 from worker.engine.types import BaseModelInfo
 
 pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]

@@ -1,4 +1,4 @@
-"""Adapter validation (worker/adapter_files.py) on real PEFT adapters of a tiny random BERT."""
+"""Adapter validation (common/adapter_check.py, through the worker's read_adapter) on real PEFT adapters of a tiny random BERT."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from common import errors
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
 from tests.unit.support import BASE_ID, PEFT_WARNINGS, edit_config
-from worker.adapter_files import MAX_SCALE, AdapterRules, read_adapter
+from common.adapter_check import MAX_SCALE, AdapterRules
+from worker.adapter_files import read_adapter
 from worker.engine.types import BaseModelInfo
 
 pytestmark = [pytest.mark.unit, PEFT_WARNINGS, pytest.mark.usefixtures("single_torch_thread")]
@@ -242,7 +243,7 @@ def test_other_base_refused(make_adapter, tiny_base_info) -> None:
 def test_other_base_served_with_warn_policy(make_adapter, tiny_base_info, caplog) -> None:
     path = _with_base(make_adapter("other", r=2, target_modules=["query"]), "someone/else")
     rules = AdapterRules(max_rank=16, max_file_bytes=10**8, base_mismatch=BaseMismatchPolicy.WARN)
-    with caplog.at_level(logging.WARNING, logger="worker.adapter_files"):
+    with caplog.at_level(logging.WARNING, logger="common.adapter_check"):
         weights = _read(path, tiny_base_info, rules)
     assert len(weights.modules) == 2
     assert any("someone/else" in r.getMessage() for r in caplog.records)

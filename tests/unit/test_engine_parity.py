@@ -16,7 +16,8 @@ import torch
 
 from common.settings import BaseMismatchPolicy
 from tests.unit.support import PEFT_WARNINGS, base_info_for, build_tiny
-from worker.adapter_files import AdapterRules, read_adapter
+from common.adapter_check import AdapterRules
+from worker.adapter_files import read_adapter
 from worker.engine.encoder import PackedEncoder
 from worker.engine.engine import Engine
 from worker.engine.lora import (
