@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel
 
 from common import keys
+from common.redis_connection import broker_url
 from common.settings import Settings
 
 pytestmark = pytest.mark.slow  # renders the chart, validates manifests, starts interpreters
@@ -53,6 +54,7 @@ VALUE_FILES = {
     "gpu": CHART / "values-gpu.yaml",
     "internal-redis-hpa": TEST_VALUES / "internal-redis-hpa.yaml",
     "slugs": TEST_VALUES / "slugs.yaml",
+    "sentinel": TEST_VALUES / "sentinel.yaml",
 }
 #: Kinds served by CRDs, absent from kubernetes-validate's core schemas: checked by hand below.
 CRD_KINDS = {
@@ -340,11 +342,15 @@ def _check_scaled_object(so: Manifest, deployments: dict[str, Manifest]) -> None
         assert isinstance(spec[field], int) and spec[field] >= 0
     names = []
     for trigger in spec["triggers"]:
-        assert trigger["type"] == "redis"
         meta = trigger["metadata"]
         # The CRD types trigger metadata as map[string]string: a bare number is refused.
         assert all(isinstance(v, str) for v in meta.values()), meta
-        assert re.fullmatch(r"[^:/]+:\d+", meta["address"]), meta
+        if trigger["type"] == "redis-sentinel":
+            assert all(re.fullmatch(r"[^:/]+:\d+", a) for a in meta["addresses"].split(",")), meta
+            assert meta["sentinelMaster"]
+        else:
+            assert trigger["type"] == "redis"
+            assert re.fullmatch(r"[^:/]+:\d+", meta["address"]), meta
         assert int(meta["listLength"]) >= 1 and int(meta["activationListLength"]) >= 0
         assert meta["enableTLS"] in ("true", "false") and meta["databaseIndex"].isdigit()
         names.append(trigger["name"])
@@ -373,7 +379,8 @@ def test_crd_manifests_are_well_formed(case: tuple[dict[str, Any], list[Manifest
                     assert trigger["authenticationRef"]["name"] in auths
         elif doc["kind"] == "TriggerAuthentication":
             for ref in doc["spec"]["secretTargetRef"]:
-                assert {"parameter", "name", "key"} <= set(ref) and ref["parameter"] == "password"
+                assert {"parameter", "name", "key"} <= set(ref)
+                assert ref["parameter"] in ("password", "sentinelPassword")
                 secret = by_name(docs, "Secret").get(ref["name"])
                 assert secret is None or ref["key"] in secret["stringData"]
         else:  # ServiceMonitor: it must select a rendered Service that has the scraped port.
@@ -539,6 +546,43 @@ def test_pods_get_only_real_settings(
             assert str(settings.adapters.dir) == config["LORAQ_ADAPTERS__DIR"]
 
 
+def test_sentinel_values_reach_every_pod_and_keda(
+    helm: ModuleType, clean_env: pytest.MonkeyPatch
+) -> None:
+    """With external Sentinels, the pods find the primary through them (with their password),
+    KEDA's triggers ask the same Sentinels, and the gateway waits for the replica acks."""
+    values = load_values("sentinel")
+    sentinel = values["redis"]["external"]["sentinel"]
+    docs = manifests(render(helm, values))
+    config = by_name(docs, "ConfigMap")[RELEASE]["data"]
+    secret = by_name(docs, "Secret")[f"{RELEASE}-redis"]["stringData"]
+    with clean_env.context() as mp:
+        for name, value in config.items():
+            mp.setenv(name, value)
+        mp.setenv("LORAQ_REDIS_URL", secret["redis-url"])
+        mp.setenv("LORAQ_SENTINEL__PASSWORD", secret["sentinel-password"])
+        settings = Settings()
+    assert settings.sentinel.addresses == sentinel["addresses"]
+    assert settings.sentinel.master_name == sentinel["masterName"]
+    assert settings.sentinel.password is not None
+    assert settings.sentinel.password.get_secret_value() == sentinel["password"]
+    assert settings.redis_replica_acks == 1
+    assert broker_url(settings).count("sentinel://") == len(sentinel["addresses"])
+    for dep in of_kind(docs, "Deployment"):
+        env = {e["name"]: e for e in container(dep).get("env", [])}
+        ref = env["LORAQ_SENTINEL__PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == (f"{RELEASE}-redis", "sentinel-password")
+    auth = by_name(docs, "TriggerAuthentication")[f"{RELEASE}-redis"]["spec"]["secretTargetRef"]
+    assert {r["parameter"] for r in auth} == {"password", "sentinelPassword"}
+    for so in of_kind(docs, "ScaledObject"):
+        for trigger in so["spec"]["triggers"]:
+            assert trigger["type"] == "redis-sentinel"
+            meta = trigger["metadata"]
+            assert meta["addresses"].split(",") == sentinel["addresses"]
+            assert meta["sentinelMaster"] == sentinel["masterName"]
+            assert meta["databaseIndex"] == "2"
+
+
 def test_dashboard_uses_the_exported_metric_names(
     case: tuple[dict[str, Any], list[Manifest]],
 ) -> None:
@@ -629,6 +673,29 @@ def test_compose_flower_sees_our_prefixed_broker_keys(compose: dict[str, Any]) -
     assert namespace["broker_transport_options"]["global_keyprefix"] == keys.KOMBU_PREFIX
 
 
+def test_compose_ha_profile_is_a_primary_a_replica_and_three_sentinels(
+    compose: dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    ha = {name for name, s in services.items() if s.get("profiles") == ["ha"]}
+    sentinels = {name for name in ha if name.startswith("sentinel-")}
+    assert len(sentinels) == 3
+    assert {"redis-primary", "redis-replica", "gateway-ha", "worker-ha"} <= ha
+    replica = services["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1] == "redis-primary"
+    assert "--replicaof" not in services["redis-primary"]["command"]
+    conf = compose["configs"]["sentinel-conf"]["content"]
+    assert "sentinel monitor loraq redis-primary 6379 2" in conf
+    for name in ("gateway-ha", "worker-ha"):
+        with clean_env.context() as mp:
+            for key, value in services[name]["environment"].items():
+                mp.setenv(key, str(value))
+            settings = Settings()
+        assert {host for host, _ in settings.sentinel.hosts()} == sentinels
+        assert settings.sentinel.master_name == "loraq"
+        assert settings.redis_replica_acks == 1
+
+
 def compose_defaults(value: str) -> str:
     """`value` as Compose reads it with no variable set: `${NAME:-default}` is its default,
     `$$` a literal `$`."""
@@ -666,7 +733,8 @@ def test_compose_sets_only_real_settings(compose: dict[str, Any]) -> None:
         unknown = [k for k in env if k.startswith("LORAQ_") and not _setting_exists(k)]
         assert not unknown, f"{name}: {unknown}"
         if "LORAQ_REDIS_URL" in env:
-            assert env["LORAQ_REDIS_URL"].startswith("redis://redis:6379/")
+            host = "redis-primary" if "LORAQ_SENTINEL__ADDRESSES" in env else "redis"
+            assert env["LORAQ_REDIS_URL"].startswith(f"redis://{host}:6379/")
 
 
 def _compose_binary() -> list[str] | None:

@@ -241,10 +241,29 @@ redis-url
 {{- end -}}
 {{- end -}}
 
-{{/* host:port for KEDA's redis scaler. */}}
+{{/* The Sentinels' password as "secretName/key", or "" when they have none (or no Sentinel). */}}
+{{- define "loraq.sentinelPasswordRef" -}}
+{{- $s := .Values.redis.external.sentinel -}}
+{{- if and $s.addresses (not .Values.redis.internal.enabled) -}}
+{{- if and .Values.redis.external.existingSecret $s.passwordKey -}}
+{{- printf "%s/%s" .Values.redis.external.existingSecret $s.passwordKey -}}
+{{- else if and (not .Values.redis.external.existingSecret) $s.password -}}
+{{- printf "%s/sentinel-password" (include "loraq.redisName" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether loraq and KEDA find Redis through Sentinels. */}}
+{{- define "loraq.sentinel" -}}
+{{- if and .Values.redis.external.sentinel.addresses (not .Values.redis.internal.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* host:port for KEDA's redis scaler (the Sentinels' host:port list for redis-sentinel). */}}
 {{- define "loraq.kedaRedisAddress" -}}
 {{- if .Values.keda.redis.address -}}
 {{- .Values.keda.redis.address -}}
+{{- else if include "loraq.sentinel" . -}}
+{{- join "," .Values.redis.external.sentinel.addresses -}}
 {{- else if .Values.redis.internal.enabled -}}
 {{- printf "%s:6379" (include "loraq.redisHost" .) -}}
 {{- else if .Values.redis.external.url -}}
@@ -279,13 +298,20 @@ redis-url
 Pod pieces shared by the gateway, the webhook worker and the worker pools.
 --------------------------------------------------------------------------------------- */}}
 
-{{/* LORAQ_REDIS_URL, from a Secret (it may hold a password). */}}
+{{/* LORAQ_REDIS_URL, from a Secret (it may hold a password); the Sentinels' password too. */}}
 {{- define "loraq.redisEnv" -}}
 - name: LORAQ_REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ include "loraq.redisSecretName" . }}
       key: {{ include "loraq.redisUrlKey" . }}
+{{- with include "loraq.sentinelPasswordRef" . }}
+- name: LORAQ_SENTINEL__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | splitList "/" | first }}
+      key: {{ . | splitList "/" | last }}
+{{- end }}
 {{- end -}}
 
 {{/* An optional secret env var: (dict "root" $ "name" "LORAQ_AUTH__KEYS" "key" "api-keys"). */}}
