@@ -14,7 +14,7 @@ import numpy as np
 from common.errors import AdapterNotFound, InputTooLong
 from tests.constants import FAKE_MODEL
 from worker.adapter_cache import Lease
-from worker.engine.types import Row
+from worker.engine.types import Pause, Row, no_pause
 
 DIMS = 8
 
@@ -43,7 +43,8 @@ class FakeEngine:
             out.append(tokens[: self.max_length])
         return out
 
-    def encode(self, rows: list[Row]) -> np.ndarray:
+    def encode(self, rows: list[Row], pause: Pause = no_pause) -> np.ndarray:
+        pause()
         self.batches.append(rows)
         if any(bytes(r.tokens).startswith(b"POISON") for r in rows):
             raise RuntimeError("poison row in batch")

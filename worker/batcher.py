@@ -14,10 +14,15 @@ A forward that raises is retried on halves of its jobs until the failing job is 
 that job fails (`ENCODE_FAILED`); the other jobs of the batch still get their vectors.
 
 Rows of batch chunks (`bulk`) wait in a queue of their own, and a window holds either kind, never
-both: interactive rows go first, in a forward of their own (small, so quick), and while
-interactive jobs keep coming a forward of bulk rows is cut to about `bulk_forward_ms` (from the
-measured time per padded token). So a batch of a million lines delays an interactive job by about
-one short forward, and with no interactive traffic bulk forwards fill whole batches.
+both: interactive rows go first, in a forward of their own (small, so quick). A forward of bulk
+rows pauses between its steps (each linear of a layer, its attention) for interactive rows that
+came meanwhile, which run there in a forward of their own; while interactive jobs keep coming, a
+forward of bulk rows is also cut to about `bulk_forward_ms` (from the measured time per padded
+token), so its steps are short. So an interactive job waits for one step of a bulk forward, not
+the whole of it: without the pauses, the first job after a quiet spell found a whole-batch bulk
+forward (about a second of MiniLM on 2 CPU cores) in its way, and that set sync p99 during a
+batch at 10-16x its idle figure (`bench/batch.py`). With no interactive traffic bulk forwards
+fill whole batches.
 
 A job submitted with a key (its job id) is checked at batch boundaries, through `ended`, for
 having ended elsewhere (cancelled, or finished by another delivery): then its rows still pending
@@ -43,7 +48,7 @@ import numpy as np
 from common import metrics
 from common.errors import EncodeFailed
 from common.settings import BatchSettings
-from worker.engine.types import Row
+from worker.engine.types import Pause, Row, no_pause
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class _Job:
     inference_s: float = 0.0
     key: str | None = None
     checked_at: float = 0.0
+    bulk: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,14 @@ def form_batches(lengths: Sequence[int], max_tokens: int, max_items: int) -> lis
     return batches
 
 
+#: The engine's forward: vectors of `rows`, calling the pause between its steps.
+Encode = Callable[[list[Row], Pause], np.ndarray]
+
+
 class Batcher:
     def __init__(
         self,
-        encode: Callable[[list[Row]], np.ndarray],
+        encode: Encode,
         dims: int,
         settings: BatchSettings,
         clock: Callable[[], float] = time.monotonic,
@@ -135,6 +145,10 @@ class Batcher:
         self._stopping = False
         self._interactive_at = -math.inf
         self._seconds_per_token: float | None = None  # forward time, an average of late
+        #: Wall and CPU time of interactive forwards run in bulk forwards' pauses, which the
+        #: bulk forward's own timing leaves out.
+        self._paused_s = 0.0
+        self._paused_cpu_s = 0.0
         self._thread: threading.Thread | None = None
         self.stats = BatchStats()
 
@@ -162,7 +176,7 @@ class Batcher:
         future: Future[JobOutput] = Future()
         now = self._clock()
         vectors = np.empty((len(rows), self._dims), np.float32)
-        job = _Job(rows, future, vectors, len(rows), key=key, checked_at=now)
+        job = _Job(rows, future, vectors, len(rows), key=key, checked_at=now, bulk=bulk)
         if not rows:
             future.set_result(JobOutput(job.vectors, 0.0))
             return future
@@ -189,12 +203,30 @@ class Batcher:
             window = self._next_window()
             if window is None:
                 return
-            s = self._settings
-            lengths = [e.length for e in window]
-            for batch in form_batches(lengths, s.max_tokens, s.max_items):
-                entries = [window[i] for i in batch]
-                self._stop_ended(entries)
-                self._run(entries)
+            bulk = window[0].job.bulk
+            self._run_window(window, self._serve_interactive if bulk else no_pause)
+
+    def _run_window(self, window: list[_Entry], pause: Pause) -> None:
+        s = self._settings
+        lengths = [e.length for e in window]
+        for batch in form_batches(lengths, s.max_tokens, s.max_items):
+            entries = [window[i] for i in batch]
+            self._stop_ended(entries)
+            self._run(entries, pause)
+
+    def _serve_interactive(self) -> None:
+        """A bulk forward's pause: the interactive rows pending now run at once, in a forward
+        of their own (which does not pause)."""
+        if not self._pending:  # the common case, read without the lock: a pause costs ~nothing
+            return
+        with self._cond:
+            window = self._take(self._pending, self._settings.max_tokens)
+        if not window:
+            return
+        started, started_cpu = self._clock(), time.thread_time()
+        self._run_window(window, no_pause)
+        self._paused_s += self._clock() - started
+        self._paused_cpu_s += time.thread_time() - started_cpu
 
     def _full(self) -> bool:
         s = self._settings
@@ -218,22 +250,28 @@ class Batcher:
                 self._cond.wait(remaining)
             queue = self._pending or self._bulk
             budget = s.max_tokens if queue is self._pending else self._bulk_budget()
-            window: list[_Entry] = []
-            longest = 0
-            while queue and (
-                not window
-                or (
-                    len(window) < s.max_items
-                    and (len(window) + 1) * max(longest, queue[0].length) <= budget
-                )
-            ):
-                entry = queue.popleft()
-                self._pending_tokens -= entry.length
-                longest = max(longest, entry.length)
-                window.append(entry)
-            # Rows left because this batch was full run next without waiting for company.
-            self._backlog = bool(self._pending or self._bulk)
-            return window
+            return self._take(queue, budget)
+
+    def _take(self, queue: deque[_Entry], budget: int) -> list[_Entry]:
+        """The oldest rows of `queue` that fit one forward of `budget` padded tokens (at least
+        one row). Called with the lock held."""
+        s = self._settings
+        window: list[_Entry] = []
+        longest = 0
+        while queue and (
+            not window
+            or (
+                len(window) < s.max_items
+                and (len(window) + 1) * max(longest, queue[0].length) <= budget
+            )
+        ):
+            entry = queue.popleft()
+            self._pending_tokens -= entry.length
+            longest = max(longest, entry.length)
+            window.append(entry)
+        # Rows left because this batch was full run next without waiting for company.
+        self._backlog = bool(self._pending or self._bulk)
+        return window
 
     def _bulk_budget(self) -> int:
         """Padded tokens of a bulk-only forward: all of `max_tokens` unless interactive jobs
@@ -277,18 +315,20 @@ class Batcher:
         for job in stopped:
             job.future.set_exception(JobStopped(f"job {job.key} ended elsewhere"))
 
-    def _run(self, batch: list[_Entry]) -> None:
+    def _run(self, batch: list[_Entry], pause: Pause) -> None:
         batch = [e for e in batch if not e.job.future.done()]
         if not batch:
             return
+        paused, paused_cpu = self._paused_s, self._paused_cpu_s
         started, started_cpu = self._clock(), time.thread_time()
         try:
-            vectors = self._encode([e.job.rows[e.index] for e in batch])
+            vectors = self._encode([e.job.rows[e.index] for e in batch], pause)
         except Exception as exc:
-            self._isolate(batch, exc)
+            self._isolate(batch, exc, pause)
             return
-        elapsed = self._clock() - started
-        self._record(batch, elapsed, time.thread_time() - started_cpu)
+        elapsed = self._clock() - started - (self._paused_s - paused)
+        cpu = time.thread_time() - started_cpu - (self._paused_cpu_s - paused_cpu)
+        self._record(batch, elapsed, cpu)
         for entry, vector in zip(batch, vectors, strict=True):
             entry.job.vectors[entry.index] = vector
             entry.job.remaining -= 1
@@ -298,7 +338,7 @@ class Batcher:
                 tokens = sum(len(row.tokens) for row in job.rows)
                 job.future.set_result(JobOutput(job.vectors, job.inference_s * 1000, tokens))
 
-    def _isolate(self, batch: list[_Entry], exc: Exception) -> None:
+    def _isolate(self, batch: list[_Entry], exc: Exception, pause: Pause) -> None:
         jobs = list(dict.fromkeys(e.job for e in batch))
         if len(jobs) == 1:
             log.warning("encode failed for one job: %r", exc)
@@ -307,8 +347,8 @@ class Batcher:
             )
             return
         half = set(jobs[: len(jobs) // 2])
-        self._run([e for e in batch if e.job in half])
-        self._run([e for e in batch if e.job not in half])
+        self._run([e for e in batch if e.job in half], pause)
+        self._run([e for e in batch if e.job not in half], pause)
 
     def _record(self, batch: list[_Entry], elapsed: float, cpu: float) -> None:
         lengths = [e.length for e in batch]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -14,7 +14,7 @@ import pytest
 from common.errors import EncodeFailed
 from common.settings import BatchSettings
 from worker.batcher import Batcher, JobOutput, JobStopped, form_batches
-from worker.engine.types import Row
+from worker.engine.types import Pause, Row, no_pause
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -32,7 +32,7 @@ class FakeEncode:
         self.calls = 0
         self.lock = threading.Lock()
 
-    def __call__(self, rows: list[Row]) -> np.ndarray:
+    def __call__(self, rows: list[Row], pause: Pause = no_pause) -> np.ndarray:
         with self.lock:
             self.calls += 1
             if any(POISON in r.tokens for r in rows):
@@ -120,7 +120,7 @@ class ClockedEncode(FakeEncode):
     def clock(self) -> float:
         return self.now
 
-    def __call__(self, rows: list[Row]) -> np.ndarray:
+    def __call__(self, rows: list[Row], pause: Pause = no_pause) -> np.ndarray:
         self.now += 0.001 * len(rows) * max(len(r.tokens) for r in rows)
         return super().__call__(rows)
 
@@ -146,6 +146,76 @@ def test_bulk_forwards_are_cut_short_only_while_interactive_jobs_come(interactiv
         batcher.stop(timeout=WAIT)
     sizes = [len(b) for b in encode.batches[1:]]
     assert sizes == ([3] * 10 if interactive else [10] * 3)
+
+
+class PausingEncode(ClockedEncode):
+    """A forward of bulk rows (first token >= 100) pauses between 4 steps of equal time; at
+    its first pause an interactive job arrives (`arrive`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrive: Callable[[], None] = lambda: None
+        self.log: list[str] = []
+
+    def __call__(self, rows: list[Row], pause: Pause = no_pause) -> np.ndarray:
+        kind = "bulk" if rows[0].tokens[0] >= 100 else "interactive"
+        if kind == "interactive":
+            self.log.append(kind)
+            return super().__call__(rows, pause)
+        step = 0.001 * len(rows) * max(len(r.tokens) for r in rows) / 4
+        for i in range(4):
+            self.now += step
+            self.log.append(f"bulk step {i}")
+            if i == 0:
+                self.arrive()
+            pause()
+        return FakeEncode.__call__(self, rows)
+
+
+def test_an_interactive_job_runs_in_the_pause_of_a_bulk_forward_in_progress() -> None:
+    """No quiet spell cut the bulk forward short (it holds the whole batch): the interactive
+    job that came during it runs at the forward's next pause, not after it, and the bulk
+    forward's own time (its pace, its job's inference time) leaves the paused time out."""
+    encode = PausingEncode()
+    settings = BatchSettings(max_tokens=1000, max_items=100, max_wait_ms=0)
+    batcher = Batcher(encode, DIMS, settings, clock=encode.clock)
+    interactive = rows_of([4, 4], first=10)
+    arrived: list[Future[JobOutput]] = []
+    encode.arrive = lambda: arrived.append(batcher.submit(interactive))
+    bulk = rows_of([5] * 40, first=100)
+    batcher.start()
+    try:
+        bulk_out = batcher.submit(bulk, bulk=True).result(timeout=WAIT)
+        np.testing.assert_array_equal(bulk_out.vectors, expected(bulk))
+        np.testing.assert_array_equal(
+            arrived[0].result(timeout=WAIT).vectors, expected(interactive)
+        )
+    finally:
+        batcher.stop(timeout=WAIT)
+    assert encode.log == ["bulk step 0", "interactive", "bulk step 1", "bulk step 2", "bulk step 3"]
+    assert [len(b) for b in encode.batches] == [2, 40]
+    assert bulk_out.inference_ms == pytest.approx(40 * 5)  # 1 ms per padded token, no more
+    assert arrived[0].result().inference_ms == pytest.approx(2 * 4)
+    assert batcher.stats.forward_seconds == pytest.approx((40 * 5 + 2 * 4) / 1000)
+
+
+def test_interactive_forwards_do_not_pause() -> None:
+    """Only bulk forwards pause: interactive forwards (short by their nature) get `no_pause`,
+    so a pause never nests in a pause."""
+    pauses: list[Pause] = []
+
+    def encode(rows: list[Row], pause: Pause) -> np.ndarray:
+        pauses.append(pause)
+        return expected(rows)
+
+    batcher = Batcher(encode, DIMS, BatchSettings(max_wait_ms=0))
+    batcher.start()
+    try:
+        batcher.submit(rows_of([3], first=1)).result(timeout=WAIT)
+        batcher.submit(rows_of([3], first=2), bulk=True).result(timeout=WAIT)
+    finally:
+        batcher.stop(timeout=WAIT)
+    assert pauses[0] is no_pause and pauses[1] is not no_pause
 
 
 def test_token_budget_and_max_items_respected(make_batcher, encode: FakeEncode) -> None:
@@ -320,7 +390,7 @@ def test_a_job_that_ended_elsewhere_stops_at_the_next_batch(encode: FakeEncode) 
     encoded (its future fails with JobStopped); job b, in the same batcher, is unaffected."""
     ended = Ended()
 
-    def encode_then_cancel(rows: list[Row]) -> np.ndarray:
+    def encode_then_cancel(rows: list[Row], pause: Pause) -> np.ndarray:
         ended.ended.add("a")
         return encode(rows)
 

@@ -337,6 +337,28 @@ def test_engine_encode_mixed_rows(adapters_case, backend: str) -> None:
     assert np.allclose(np.linalg.norm(got[normalize], axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["segment", "bmm"])
+def test_a_forward_run_in_another_forwards_pause_changes_neither(adapters_case, backend) -> None:
+    """The batcher runs interactive rows in a bulk forward's pauses: the engine must be
+    re-entrant there. Every pause (one per step of each layer) gets a nested forward of other
+    rows; both give what they give alone."""
+    setup = adapters_case
+    engine = bare_engine(setup, backend)
+    rows = [
+        Row(tokens, None if a is None else ADAPTERS[a][0], False)
+        for tokens, (_, a) in zip(setup["rows"], MIXED, strict=True)
+    ]
+    outer, inner = rows[::2], rows[1::2]
+    nested: list[np.ndarray] = []
+    got = engine.encode(outer, lambda: nested.append(engine.encode(inner)))
+    assert len(nested) == 5 * len(setup["encoder"].layers)
+    np.testing.assert_array_equal(got, engine.encode(outer))
+    for vectors in nested:
+        np.testing.assert_array_equal(vectors, nested[0])
+    assert max_diff(nested[0], setup["want"][1::2]) <= LORA_TOL
+    assert max_diff(got, setup["want"][::2]) <= LORA_TOL
+
+
 def test_engine_encode_base_only_runs_no_lora(adapters_case) -> None:
     setup = adapters_case
     engine = bare_engine(setup, "segment")

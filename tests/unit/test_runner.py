@@ -19,7 +19,7 @@ from common.schemas import EncodeMessage, JobStatus, StoredJob
 from common.settings import BatchSettings
 from tests.fakes import DIMS, FakeAdapters, FakeEngine
 from worker.batcher import Batcher, JobOutput
-from worker.engine.types import Row
+from worker.engine.types import Pause, Row
 from worker.runner import JobRunner
 
 pytestmark = pytest.mark.unit
@@ -134,7 +134,7 @@ def test_a_job_cancelled_while_it_computes_stops_and_then_frees_its_quota() -> N
     engine = FakeEngine()
     seen: list[tuple[list[str], bytes | str | None]] = []
 
-    def encode_while_cancelled(rows: list[Row]) -> np.ndarray:
+    def encode_while_cancelled(rows: list[Row], pause: Pause) -> np.ndarray:
         async def cancel() -> None:
             client = fakeredis.FakeAsyncRedis(server=server)
             await AsyncJobStore(client, 60).cancel("j1", 2.0)
@@ -142,7 +142,7 @@ def test_a_job_cancelled_while_it_computes_stops_and_then_frees_its_quota() -> N
 
         asyncio.run(cancel())
         seen.append((runner.holding(), r.hget(keys.QUEUED_ITEMS, "acme")))
-        return engine.encode(rows)
+        return engine.encode(rows, pause)
 
     batcher = Batcher(
         encode_while_cancelled, DIMS, BatchSettings(max_items=1, max_wait_ms=0),

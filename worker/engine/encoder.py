@@ -18,7 +18,7 @@ from torch import nn
 
 from worker.engine.lora import LoraBatch, LoraGroup
 from worker.engine.packing import AttentionBucket, PackedBatch
-from worker.engine.types import ModuleShape
+from worker.engine.types import ModuleShape, Pause, no_pause
 
 
 def _find_varlen_attn() -> Callable[..., Any] | None:
@@ -72,24 +72,35 @@ class _Layer(nn.Module):
         self.varlen = False
 
     def forward(
-        self, x: torch.Tensor, batch: PackedBatch, lora: LoraBatch | None, first_group: int
+        self,
+        x: torch.Tensor,
+        batch: PackedBatch,
+        lora: LoraBatch | None,
+        first_group: int,
+        pause: Pause,
     ) -> torch.Tensor:
         qkv = self.qkv(x)
         if lora is not None:
             lora.add(first_group + LayerGroup.QKV, x, qkv)
+        pause()
         ctx = self._attend(qkv, batch)
+        pause()
         h = self.attn_out(ctx)
         if lora is not None:
             lora.add(first_group + LayerGroup.ATTN_OUT, ctx, h)
         x = self.attn_norm(h + x)
+        pause()
         inter = self.inter(x)
         if lora is not None:
             lora.add(first_group + LayerGroup.INTERMEDIATE, x, inter)
         inter = self.act(inter)
+        pause()
         h = self.out(inter)
         if lora is not None:
             lora.add(first_group + LayerGroup.OUTPUT, inter, h)
-        return self.out_norm(h + x)  # type: ignore[no-any-return]
+        x = self.out_norm(h + x)
+        pause()
+        return x
 
     def _attend(self, qkv: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         d = qkv.shape[1] // 3
@@ -181,7 +192,9 @@ class PackedEncoder(nn.Module):
             for name, out in zip(group.modules, group.out_features, strict=True)
         }
 
-    def forward(self, batch: PackedBatch, lora: LoraBatch | None = None) -> torch.Tensor:
+    def forward(
+        self, batch: PackedBatch, lora: LoraBatch | None = None, pause: Pause = no_pause
+    ) -> torch.Tensor:
         x = (
             self.word(batch.input_ids)
             + self.position(batch.position_ids)
@@ -189,5 +202,5 @@ class PackedEncoder(nn.Module):
         )
         x = self.emb_norm(x)
         for i, layer in enumerate(self.layers):
-            x = layer(x, batch, lora, len(LayerGroup) * i)
+            x = layer(x, batch, lora, len(LayerGroup) * i, pause)
         return x  # type: ignore[no-any-return]

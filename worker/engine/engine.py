@@ -17,7 +17,7 @@ from worker.engine.encoder import PackedEncoder
 from worker.engine.lora import AdapterWeights, LoraBatch, LoraPool, Segment
 from worker.engine.packing import pack
 from worker.engine.pooling import SentenceConfig, normalize_rows, pool, read_sentence_config
-from worker.engine.types import BaseModelInfo, Row
+from worker.engine.types import BaseModelInfo, Pause, Row, no_pause
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -94,14 +94,16 @@ class Engine:
         self._copy_stream.synchronize()
 
     @torch.inference_mode()
-    def encode(self, rows: list[Row]) -> np.ndarray:
-        """Vectors [len(rows), dims] float32, in the order of `rows`."""
+    def encode(self, rows: list[Row], pause: Pause = no_pause) -> np.ndarray:
+        """Vectors [len(rows), dims] float32, in the order of `rows`. On a GPU `pause` runs as
+        the steps are queued, ahead of the device: what it runs waits for the steps queued so
+        far, which is what a GPU's short forwards make acceptable."""
         order = sorted(range(len(rows)), key=lambda i: _slot_key(rows[i]))
         ordered = [rows[i] for i in order]
         tokens = [r.tokens for r in ordered]
         batch = pack(tokens, self.encoder.position_offset, self.device, not self.varlen_attention)
         lora = self._lora_batch(ordered)
-        hidden = self.encoder(batch, lora)
+        hidden = self.encoder(batch, lora, pause)
         vectors = pool(hidden, batch, self.pooling).float()
         flags = torch.tensor([r.normalize for r in ordered], device=self.device)
         vectors = normalize_rows(vectors, flags)

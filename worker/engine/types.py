@@ -4,7 +4,17 @@ around it (batcher, adapter validation) depend on the engine and never the other
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+#: Called by a forward between its steps (each of a layer's linears and its attention): the
+#: batcher runs interactive rows that came meanwhile there, so a long forward of batch chunks
+#: holds them up for one step instead of the whole forward.
+Pause = Callable[[], None]
+
+
+def no_pause() -> None:
+    """The pause of a forward nothing may interrupt."""
 
 
 @dataclass(frozen=True)
