@@ -13,7 +13,8 @@ plus the counters move in one Lua step only once), and a worker killed mid-chunk
 system's business (redelivery), as for any job.
 
 Blocking work (reading and writing parts, assembling files) runs on worker threads; the event
-loop only reads and writes Redis.
+loop only reads and writes Redis. The runner's loop also sweeps every tenant's expired files
+(`FileRecords.sweep_expired`) every `FILE_SWEEP_S`: files are the batches' inputs and outputs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from typing import Any
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Batches one gateway drives at once; the rest wait for a gateway with room.
 MAX_DRIVEN = 64
+#: How often each gateway sweeps expired files: their bytes go within this of retention's end.
+FILE_SWEEP_S = 60.0
 
 # KEYS: chunk hash, batch record. ARGV: chunk, completed, failed, width ('' = unchanged).
 # Marks a chunk done and counts its lines, once.
@@ -81,6 +85,7 @@ class BatchRunner:
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._swept_at = -math.inf
         gw.waiter.on_done.append(self._job_done)
 
     def _job_done(self, job_id: str) -> None:
@@ -103,6 +108,12 @@ class BatchRunner:
                 await self._tick()
             except Exception:
                 log.exception("batch runner tick failed; trying again")
+            if time.monotonic() - self._swept_at >= FILE_SWEEP_S:
+                self._swept_at = time.monotonic()
+                try:
+                    await self._gw.files.sweep_expired()
+                except Exception:
+                    log.exception("sweeping expired files failed; trying again later")
             await asyncio.sleep(self._settings.poll_s)
 
     async def _tick(self) -> None:

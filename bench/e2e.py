@@ -69,9 +69,9 @@ class InProcess:
     """The worker's own pieces (tokenizer, adapter cache, batcher, engine) without the queue."""
 
     def __init__(self, model_dir: Path, adapter_dir: Path) -> None:
+        from common.adapter_check import AdapterRules
         from common.settings import BaseMismatchPolicy
         from worker.adapter_cache import AdapterCache
-        from common.adapter_check import AdapterRules
         from worker.adapter_sources import ChainSource, LocalDirSource
         from worker.batcher import Batcher
         from worker.engine.engine import Engine

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.adapter_check import AdapterRules
 from common.settings import (
     DEFAULT_MODEL_ID,
     AdapterSettings,
@@ -48,7 +49,6 @@ from common.settings import (
     resolve_model_path,
 )
 from worker.adapter_cache import AdapterCache
-from common.adapter_check import AdapterRules
 from worker.adapter_sources import ChainSource, LocalDirSource
 from worker.batcher import form_batches
 from worker.engine.engine import Engine

@@ -22,6 +22,7 @@
 | loraq:worker:{worker_id}           | string  | 3 heartbeats        | worker heartbeat      |
 | loraq:file:{<id>}                  | hash    | bulk.retention_s    | api.files             |
 | loraq:tenant:{tenant}:files        | zset    | -                   | api.files             |
+| loraq:files:expiring               | zset    | -                   | api.files             |
 | loraq:batch:{<id>}                 | hash    | bulk.retention_s    | api.batches           |
 | loraq:batch:{<id>}:chunks          | hash    | with the batch      | api.batch_runner      |
 | loraq:batch:{<id>}:lease           | string  | bulk.lease_ttl_s    | api.batch_runner      |
@@ -54,6 +55,9 @@ QUEUED_JOBS = PREFIX + "quota:queued-jobs"
 WEBHOOK_QUEUE = "webhooks"
 TASK_WEBHOOK = "loraq.webhook"
 SWEEP_LOCK = PREFIX + "sweep-lock"
+#: Every tenant's files scored by their retention's end: what gateways sweep, so the bytes of
+#: a tenant that never comes back are deleted too.
+EXPIRING_FILES = PREFIX + "files:expiring"
 #: Batches not yet terminal (scored by creation time): what gateways drive.
 OPEN_BATCHES = PREFIX + "batches:open"
 TASK_ENCODE = "loraq.encode"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.adapter_check import AdapterRules
 from common.settings import DEFAULT_MODEL_ID, BaseMismatchPolicy, resolve_model_path
 from loraq.testing import save_random_adapter
 from tests.reference import peft_embeddings
-from common.adapter_check import AdapterRules
 from worker.adapter_files import read_adapter
 from worker.engine.engine import Engine
 from worker.engine.types import Row

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from common import errors
+from common.adapter_check import AdapterRules
 from common.adapters import CONFIG_FILE
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from tests.unit.support import PEFT_WARNINGS, base_info_for, edit_config
-from common.adapter_check import AdapterRules
 from worker.adapter_files import read_adapter
 from worker.engine.types import BaseModelInfo
 

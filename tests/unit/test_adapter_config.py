@@ -19,16 +19,16 @@ import torch
 from safetensors.torch import load_file
 
 from common import errors
-from common.adapters import CONFIG_FILE, WEIGHTS_FILE
-from common.settings import BaseMismatchPolicy
-from tests.unit.support import PEFT_WARNINGS, edit_config
+from common.adapter_check import AdapterRules
 from common.adapter_config import (
     MAX_CONFIG_BYTES,
     MAX_PATTERN_KEYS,
     compile_patterns,
     parse_key,
 )
-from common.adapter_check import AdapterRules
+from common.adapters import CONFIG_FILE, WEIGHTS_FILE
+from common.settings import BaseMismatchPolicy
+from tests.unit.support import PEFT_WARNINGS, edit_config
 from worker.adapter_files import read_adapter
 from worker.engine.types import BaseModelInfo
 

@@ -1,4 +1,5 @@
-"""Adapter validation (common/adapter_check.py, through the worker's read_adapter) on real PEFT adapters of a tiny random BERT."""
+"""Adapter validation (common/adapter_check.py, through the worker's read_adapter) on real PEFT
+adapters of a tiny random BERT."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common import errors
+from common.adapter_check import MAX_SCALE, AdapterRules
 from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE
 from common.settings import BaseMismatchPolicy
 from tests.unit.support import BASE_ID, PEFT_WARNINGS, edit_config
-from common.adapter_check import MAX_SCALE, AdapterRules
 from worker.adapter_files import read_adapter
 from worker.engine.types import BaseModelInfo
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.adapter_check import AdapterRules
 from common.settings import BaseMismatchPolicy
 from tests.unit.support import PEFT_WARNINGS, base_info_for, build_tiny
-from common.adapter_check import AdapterRules
 from worker.adapter_files import read_adapter
 from worker.engine.encoder import PackedEncoder
 from worker.engine.engine import Engine
