@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from common import keys
+from common.adapters import split_revision
 from common.errors import AdapterForbidden, QuotaExceeded, Unauthorized
 from common.settings import ApiKey, AuthMode, AuthSettings
 
@@ -56,6 +57,12 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def in_namespace(lora_id: str, tenant: str) -> bool:
+    """`<tenant>/<name>`, any revision: the tenant's own registry namespace."""
+    org, slash, _ = split_revision(lora_id)[0].partition("/")
+    return bool(slash) and org == tenant
+
+
 @dataclass(frozen=True)
 class Caller:
     tenant: str
@@ -68,14 +75,17 @@ class Caller:
         return self.key is None or self.key.admin
 
     def allows(self, lora_id: str) -> bool:
+        """By the adapter's name: a pinned revision (`org/name@hash`) is allowed as its name."""
         if self.key is None or not self.key.lora_allow:
             return True
-        return any(fnmatch.fnmatchcase(lora_id, p) for p in self.key.lora_allow)
+        name, _ = split_revision(lora_id)
+        return any(fnmatch.fnmatchcase(name, p) for p in self.key.lora_allow)
 
     def owns(self, lora_id: str) -> bool:
-        """Whether the adapter is this caller's to see: named by its key's allowlist. A key
-        without one may use any adapter, but none is its own, so it sees none of them."""
-        if self.admin:
+        """Whether the adapter is this caller's to see: in its tenant's registry namespace
+        (`<tenant>/...`), or named by its key's allowlist. A key without one may use any
+        adapter, but only its namespace's are its own."""
+        if self.admin or in_namespace(lora_id, self.tenant):
             return True
         return self.key is not None and bool(self.key.lora_allow) and self.allows(lora_id)
 

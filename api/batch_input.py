@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pydantic import ValidationError
 
+from api.adapters import Snapshot, resolve_in
 from api.auth import Caller
 from api.routes.embeddings import EmbeddingsRequest, split_model
 from common.adapters import exists_locally
@@ -103,10 +104,17 @@ def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
 
 class _Splitter:
     def __init__(
-        self, store: ObjectStore, batch_id: str, settings: Settings, who: Caller, errors: Any
+        self,
+        store: ObjectStore,
+        batch_id: str,
+        settings: Settings,
+        who: Caller,
+        errors: Any,
+        registry: Mapping[str, Snapshot],
     ) -> None:
         self.store, self.batch_id, self.settings, self.who = store, batch_id, settings, who
         self.errors = errors
+        self.registry = registry
         self.open: dict[tuple[str, str | None], _Open] = {}
         self.split = Split()
 
@@ -142,7 +150,7 @@ class _Splitter:
             raise InvalidInput(f"body: {message}"[:300]) from None
         model, lora_id = split_model(body.model, body.lora_id, set(self.settings.models))
         texts = [body.input] if isinstance(body.input, str) else body.input
-        self._check(texts, lora_id)
+        lora_id = self._check(texts, model, lora_id)
         entry = {
             "line": index, "custom_id": custom_id, "model": body.model, "texts": texts,
             "single": isinstance(body.input, str), "encoding_format": body.encoding_format,
@@ -150,7 +158,7 @@ class _Splitter:
         }  # fmt: skip
         self._add(model, lora_id, entry, len(texts))
 
-    def _check(self, texts: list[str], lora_id: str | None) -> None:
+    def _check(self, texts: list[str], model: str, lora_id: str | None) -> str | None:
         limits, adapters = self.settings.limits, self.settings.adapters
         if len(texts) > limits.max_items_per_job:
             raise TooManyItems(f"{len(texts)} inputs; the limit is {limits.max_items_per_job}")
@@ -160,9 +168,14 @@ class _Splitter:
                     f"input {i} has {len(text)} characters; the limit is {limits.max_text_chars}"
                 )
         self.who.may_use(lora_id)
+        if lora_id is None:
+            return None
+        if (revision := resolve_in(self.registry, lora_id, model)) is not None:
+            return revision
         checkable = adapters.check_at_submit and not adapters.remote
-        if lora_id is not None and checkable and not exists_locally(adapters.dir, lora_id):
+        if checkable and not exists_locally(adapters.dir, lora_id):
             raise AdapterNotFound(f"adapter {lora_id!r} not found")
+        return lora_id
 
     def _add(self, model: str, lora_id: str | None, entry: dict[str, Any], texts: int) -> None:
         group = (model, lora_id)
@@ -204,16 +217,23 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def split_input(
-    store: ObjectStore, input_key: str, batch_id: str, settings: Settings, who: Caller
+    store: ObjectStore,
+    input_key: str,
+    batch_id: str,
+    settings: Settings,
+    who: Caller,
+    registry: Mapping[str, Snapshot],
 ) -> Split:
     """Chunks and the validation error part from the input file. Raises InvalidFile when the
-    file cannot be used at all: missing, over `max_lines`, or without one JSON line."""
+    file cannot be used at all: missing, over `max_lines`, or without one JSON line. Registry
+    adapters are pinned to their revision in `registry` (taken when the batch starts), so all
+    of a batch's lines run on one revision of each."""
     try:
         with (
             store.open_read(input_key) as stream,
             store.open_write(validation_errors_key(batch_id)) as errors,
         ):
-            splitter = _Splitter(store, batch_id, settings, who, errors)
+            splitter = _Splitter(store, batch_id, settings, who, errors, registry)
             for index, raw in _lines(stream, settings.limits.max_body_bytes):
                 splitter.line(index, raw)
             splitter.close()

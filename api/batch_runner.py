@@ -216,8 +216,9 @@ class _Driver:
         try:
             record = await self.gw.files.get(stored.tenant, stored.batch.input_file_id)
             input_key = record.key
+            registry = await self.gw.adapters.snapshot(who)
             split: Split = await to_thread.run_sync(
-                split_input, self.objects, input_key, self.batch_id, self.settings, who
+                split_input, self.objects, input_key, self.batch_id, self.settings, who, registry
             )
         except (InvalidFile, FileNotFound) as exc:
             await self._fail(stored, exc.code, exc.message)

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.adapters import AdapterRegistry
 from api.auth import RateLimiter
 from api.batch_runner import BatchRunner
 from api.batches import BatchRecords
@@ -18,6 +19,7 @@ from api.files import FileRecords
 from api.idempotency import Idempotency
 from api.openapi import install_openapi
 from api.publisher import Publisher
+from api.routes import adapters as adapter_routes
 from api.routes import batches as batch_routes
 from api.routes import embeddings, encode, health, jobs, webhook_secret, workers
 from api.routes import files as file_routes
@@ -56,10 +58,12 @@ def create_app(settings: Settings) -> FastAPI:
         batches = BatchRecords(
             client, bulk.retention_s, bulk.max_open_batches_per_tenant, bulk.window_s
         )
+        ad = settings.adapters
+        adapters = AdapterRegistry(client, open_store(ad.store, ad.store_endpoint), settings)
         app.state.parse_limiter = parse_limiter()
         gateway = Gateway(
             settings, client, store, publisher, waiter, cluster, rate, idempotency, checks,
-            objects, files, batches,
+            objects, files, batches, adapters,
         )  # fmt: skip
         app.state.gateway = gateway
         runner = BatchRunner(gateway)
@@ -84,5 +88,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhook_secret.router)
     app.include_router(file_routes.router)
     app.include_router(batch_routes.router)
+    app.include_router(adapter_routes.router)
     install_openapi(app, settings)
     return app

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from api.adapters import AdapterRegistry
 from api.auth import RateLimiter
 from api.batches import BatchRecords
 from api.checks import SubmitChecks
@@ -33,3 +34,4 @@ class Gateway:
     objects: ObjectStore
     files: FileRecords
     batches: BatchRecords
+    adapters: AdapterRegistry

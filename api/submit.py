@@ -64,18 +64,28 @@ async def admit(gw: Gateway, who: Caller, model: str) -> None:
     gw.cluster.admit(model)
 
 
+async def resolve_adapter(gw: Gateway, who: Caller, model: str, lora_id: str | None) -> str | None:
+    """The adapter id the job's message carries: a registry adapter's revision, pinned now
+    (`api.adapters`), so the job runs on it whatever is uploaded later; any other adapter as
+    named, once found in the adapter directory (when that is where adapters come from)."""
+    if lora_id is None:
+        return None
+    if (revision := await gw.adapters.resolve(who, lora_id, model)) is not None:
+        return revision
+    adapters = gw.settings.adapters
+    checkable = adapters.check_at_submit and not adapters.remote
+    if checkable and not exists_locally(adapters.dir, lora_id):
+        raise AdapterNotFound(f"adapter {lora_id!r} not found")
+    return lora_id
+
+
 async def check_costly(
     gw: Gateway, model: str, request: EncodeRequest, webhook: Target | None
 ) -> TokenIds | None:
-    """Only for admitted requests: the adapter's existence (after the key's allowlist, so a
-    refusal never tells which adapters exist), the webhook host's addresses, then the texts'
-    token ids (with their lengths checked unless truncating)."""
-    adapters = gw.settings.adapters
+    """Only for admitted requests (after the adapter's existence, checked after the key's
+    allowlist, so a refusal never tells which adapters exist): the webhook host's addresses,
+    then the texts' token ids (with their lengths checked unless truncating)."""
     options = request.params.options
-    lora_id = options.lora_id
-    checkable = adapters.check_at_submit and not adapters.remote
-    if lora_id is not None and checkable and not exists_locally(adapters.dir, lora_id):
-        raise AdapterNotFound(f"adapter {lora_id!r} not found")
     if webhook is not None:
         await gw.checks.webhook_host(webhook)
     texts = [item.text for item in request.items]
@@ -115,6 +125,7 @@ async def submit(
     who.may_use(options.lora_id)
     target = webhook_target(gw, who, webhook) if webhook is not None else None
     await admit(gw, who, model)
+    lora_id = await resolve_adapter(gw, who, model, options.lora_id)
     tokens = await check_costly(gw, model, request, target)
     now = time.time()
     ids = [item.id for item in request.items]
@@ -134,7 +145,7 @@ async def submit(
     message = EncodeMessage.model_construct(
         job_id=job.id,
         model=model,
-        lora_id=options.lora_id,
+        lora_id=lora_id,
         texts=[item.text for item in request.items],
         normalize=options.normalize,
         truncate=options.truncate,
@@ -143,7 +154,7 @@ async def submit(
     )
     share = gw.settings.limits.tenant_max_jobs()
     limits = (who.key.max_queued_items, share) if who.key else (None, None)
-    route = gw.cluster.route(model, options.lora_id, job.id)
+    route = gw.cluster.route(model, lora_id, job.id)
     raw = message.model_dump_json().encode()
     try:
         refused = await gw.store.create(job, raw, route.queue, *limits)

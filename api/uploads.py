@@ -16,7 +16,7 @@ of parts, each part's headers (the parser's own limits), and the size of small t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any
 
 from anyio import CancelScope, CapacityLimiter, to_thread
@@ -62,16 +62,21 @@ def too_large(max_file_bytes: int, size: str) -> FileTooLarge:
 
 
 class StreamedForm:
-    """A form of one file part (`file`) and small text fields, fed in blocks on worker threads
-    (one at a time). `checks` maps each allowed text field to a check run as soon as its part
-    ends, so a bad field before the file refuses the upload before its bytes are read."""
+    """A form of file parts (`file`, up to `max_files` of them) and small text fields, fed in
+    blocks on worker threads (one at a time). `open_file` opens a writer for a part by its
+    cleaned filename; `max_file_bytes` bounds all file parts together. `checks` maps each
+    allowed text field to a check run as soon as its part ends, so a bad field before the file
+    refuses the upload before its bytes are read; the fields in `required` (all of them unless
+    given) must be there."""
 
     def __init__(
         self,
         boundary: bytes,
-        open_file: Callable[[], contextlib.AbstractContextManager[Writer]],
+        open_file: Callable[[str], contextlib.AbstractContextManager[Writer]],
         max_file_bytes: int,
         checks: Mapping[str, Callable[[str], None]],
+        max_files: int = 1,
+        required: Collection[str] | None = None,
     ) -> None:
         callbacks: Any = {
             "on_part_begin": self._part_begin,
@@ -90,6 +95,8 @@ class StreamedForm:
         self._open_file = open_file
         self.max_file_bytes = max_file_bytes
         self._checks = checks
+        self._max_files = max_files
+        self._required = set(checks if required is None else required)
         self._exits = contextlib.ExitStack()
         self._writer: Writer | None = None
         self._parts = 0
@@ -98,9 +105,13 @@ class StreamedForm:
         self._current: str | None = None
         self._text = bytearray()
         self._ended = False
-        self.filename: str | None = None
+        self.filenames: list[str] = []
         self.nbytes = 0
         self.fields: dict[str, str] = {}
+
+    @property
+    def filename(self) -> str | None:
+        return self.filenames[0] if self.filenames else None
 
     def feed(self, blocks: list[bytes]) -> None:
         try:
@@ -113,11 +124,11 @@ class StreamedForm:
         """The form must be whole, and only then is the file kept."""
         if not self._ended:
             raise InvalidInput("the multipart body ends before its closing boundary")
-        if self.filename is None:
+        if not self.filenames:
             raise InvalidInput(
                 f"no {FILE_FIELD!r} part: upload the file as the {FILE_FIELD!r} field"
             )
-        missing = sorted(set(self._checks) - set(self.fields))
+        missing = sorted(self._required - set(self.fields))
         if missing:
             raise InvalidInput(f"missing form field {missing[0]!r}")
         self._exits.close()
@@ -153,10 +164,13 @@ class StreamedForm:
             )
         name = params[b"name"].decode("utf-8", "replace")
         if name == FILE_FIELD:
-            if self.filename is not None:
-                raise InvalidInput(f"more than one {FILE_FIELD!r} part: upload one file at a time")
-            self.filename = clean_filename(params.get(b"filename", b"").decode("utf-8", "replace"))
-            self._writer = self._exits.enter_context(self._open_file())
+            if len(self.filenames) >= self._max_files:
+                raise InvalidInput(
+                    f"more than {self._max_files} {FILE_FIELD!r} part(s) in one upload"
+                )
+            filename = clean_filename(params.get(b"filename", b"").decode("utf-8", "replace"))
+            self.filenames.append(filename)
+            self._writer = self._exits.enter_context(self._open_file(filename))
         elif name in self._checks:
             if name in self.fields:
                 raise InvalidInput(f"form field {name!r} is given twice")

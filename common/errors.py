@@ -320,3 +320,27 @@ class BatchExpired(Permanent):
 
     code = "BATCH_EXPIRED"
     http_status = 410
+
+
+class TooManyAdapters(Retryable):
+    code = "TOO_MANY_ADAPTERS"
+    http_status = 429
+
+
+class AdapterStorageFull(Retryable):
+    """The tenant's adapters hold `adapters.max_bytes_per_tenant` bytes, with this upload."""
+
+    code = "ADAPTER_STORAGE_FULL"
+    http_status = 429
+
+
+class TooManyPinned(Retryable):
+    code = "TOO_MANY_PINNED"
+    http_status = 429
+
+
+class AdapterCheckUnavailable(Retryable):
+    """This gateway lacks the base model's files, so it cannot check an upload against it."""
+
+    code = "ADAPTER_CHECK_UNAVAILABLE"
+    http_status = 503

@@ -29,6 +29,14 @@
 | loraq:tenant:{tenant}:batches      | zset    | -                   | api.batches           |
 | loraq:batches:open                 | zset    | members: until term.| api.batches           |
 | loraq:tenant:{tenant}:open-batches | set     | members: until term.| api.batches           |
+| loraq:adapter:{org}:<name>         | hash    | -                   | api.adapters          |
+| loraq:adapter:{org}:<name>:revs    | hash    | with the adapter    | api.adapters          |
+| loraq:adapters:{org}:index         | zset    | -                   | api.adapters          |
+| loraq:adapters:{org}:pinned        | set     | -                   | api.adapters          |
+| loraq:adapters:{org}:bytes         | string  | -                   | api.adapters          |
+| loraq:tenant:{tenant}:adapters-shared | set  | -                   | api.adapters          |
+| loraq:adapters:pinned              | hash    | -                   | api.adapters          |
+| loraq:adapters:deleted             | zset    | adapters.delete_grace_s | api.adapters      |
 | loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
 | loraq:celery:unacked(_index/mutex) | hash... | -                   | kombu (Celery broker) |
 
@@ -60,6 +68,11 @@ SWEEP_LOCK = PREFIX + "sweep-lock"
 EXPIRING_FILES = PREFIX + "files:expiring"
 #: Batches not yet terminal (scored by creation time): what gateways drive.
 OPEN_BATCHES = PREFIX + "batches:open"
+#: Registry adapters pinned to workers' slots: `org/name` -> JSON {revision, model}.
+PINNED_ADAPTERS = PREFIX + "adapters:pinned"
+#: Deleted registry revisions (`org/name@hash`) scored by deletion time: workers drop them,
+#: and gateways delete their files once `adapters.delete_grace_s` has passed.
+DELETED_ADAPTERS = PREFIX + "adapters:deleted"
 TASK_ENCODE = "loraq.encode"
 #: Load an adapter into a worker's CPU tier ahead of its jobs (a batch's adapters).
 TASK_PREFETCH = "loraq.prefetch"
@@ -179,3 +192,34 @@ def tenant_batches(tenant: str) -> str:
 def tenant_open_batches(tenant: str) -> str:
     """A tenant's batches not yet terminal: its cap on open batches."""
     return f"{PREFIX}tenant:{tenant}:open-batches"
+
+
+def adapter(name: str) -> str:
+    """A registry adapter's record (`org/name`); every key of an org's adapters shares the hash
+    tag `{org}`, so one Lua script may keep the record and the org's counts together."""
+    org, _, rest = name.partition("/")
+    return f"{PREFIX}adapter:{{{org}}}:{rest}"
+
+
+def adapter_revisions(name: str) -> str:
+    """Revision hash -> its description (JSON)."""
+    return adapter(name) + ":revs"
+
+
+def org_adapters(org: str) -> str:
+    """An org's adapter names scored by creation time: listing and the per-tenant cap."""
+    return f"{PREFIX}adapters:{{{org}}}:index"
+
+
+def org_pinned(org: str) -> str:
+    return f"{PREFIX}adapters:{{{org}}}:pinned"
+
+
+def org_adapter_bytes(org: str) -> str:
+    """Bytes of all the org's revisions, for its byte cap."""
+    return f"{PREFIX}adapters:{{{org}}}:bytes"
+
+
+def shared_adapters(tenant: str) -> str:
+    """Names of other tenants' adapters shared with this tenant."""
+    return f"{PREFIX}tenant:{tenant}:adapters-shared"

@@ -61,3 +61,39 @@ def _check_not_truncated(encodings: list[Encoding], limit: int) -> None:
             raise InputTooLong(
                 f"item {i} is longer than the model's {limit} tokens and truncate is false"
             )
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class BaseDescription:
+    """A base model as adapter validation sees it (`common.adapter_check.BaseModelInfo`), read
+    from its config where the model is not loaded (the gateway checks uploads with it). The
+    module names are the worker engine's: a test holds the two descriptions equal."""
+
+    model_id: str
+    aliases: frozenset[str]
+    modules: dict[str, LinearShape]
+
+
+def describe_base(model_id: str, model_dir: Path) -> BaseDescription:
+    config = json.loads((model_dir / "config.json").read_text())
+    d, ff = int(config["hidden_size"]), int(config["intermediate_size"])
+    per_layer = {
+        "attention.self.query": LinearShape(d, d),
+        "attention.self.key": LinearShape(d, d),
+        "attention.self.value": LinearShape(d, d),
+        "attention.output.dense": LinearShape(d, d),
+        "intermediate.dense": LinearShape(d, ff),
+        "output.dense": LinearShape(ff, d),
+    }
+    modules = {
+        f"encoder.layer.{i}.{name}": shape
+        for i in range(int(config["num_hidden_layers"]))
+        for name, shape in per_layer.items()
+    }
+    return BaseDescription(model_id, frozenset({model_id, str(model_dir)}), modules)

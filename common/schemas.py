@@ -11,19 +11,22 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from common import keys
+from common.adapters import REVISION_CHARS
 from common.errors import InvalidLoraId
 
-# An adapter id is `name` or `org/name`; each part starts with a letter or digit, so `.`/`..`
-# parts, absolute paths and backslashes can never reach the filesystem.
+# An adapter id is `name` or `org/name`, and a registry adapter's may pin a revision
+# (`org/name@<hash>`); each part starts with a letter or digit, so `.`/`..` parts, absolute
+# paths and backslashes can never reach the filesystem.
 _LORA_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_LORA_ID_RE = re.compile(rf"{_LORA_PART}(/{_LORA_PART})?")
+_LORA_ID_RE = re.compile(rf"{_LORA_PART}(/{_LORA_PART})?(@[0-9a-f]{{{REVISION_CHARS}}})?")
 
 
 def validate_lora_id(lora_id: str) -> str:
     if not _LORA_ID_RE.fullmatch(lora_id) or ".." in lora_id:
         raise InvalidLoraId(
-            f"invalid lora_id {lora_id[:200]!r}: expected 'name' or 'org/name' of letters, "
-            "digits, '.', '_' and '-', each part starting with a letter or digit"
+            f"invalid lora_id {lora_id[:200]!r}: expected 'name', 'org/name' or "
+            f"'org/name@<revision>' (names of letters, digits, '.', '_' and '-', each part "
+            f"starting with a letter or digit; a revision of {REVISION_CHARS} hex digits)"
         )
     return lora_id
 

@@ -97,6 +97,21 @@ class AdapterSettings(_Section):
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
     base_mismatch: BaseMismatchPolicy = BaseMismatchPolicy.WARN
     pinned: list[str] = Field(default_factory=list)
+    #: The registry's store for adapters uploaded over the API (`/v1/adapters`): a local
+    #: directory, or `s3://bucket/prefix` (needs the `s3` extra). Gateways and workers share it.
+    store: str = ".loraq/adapter-store"
+    #: An S3-compatible endpoint for `store` (MinIO, a test server); empty: AWS.
+    store_endpoint: str | None = None
+    #: One upload's bytes, all its files together (413 `FILE_TOO_LARGE` above).
+    max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    #: What one tenant may hold in the registry: adapters, bytes of all their revisions, and
+    #: adapters pinned to their workers' slots (429 above each).
+    max_adapters_per_tenant: int = Field(100, ge=1)
+    max_bytes_per_tenant: int = Field(10 * 1024**3, ge=1024)
+    max_pinned_per_tenant: int = Field(2, ge=0)
+    #: A deleted adapter's files stay this long, so jobs queued before the delete still run;
+    #: workers drop it from their slots within a heartbeat of the delete.
+    delete_grace_s: float = Field(3600.0, ge=0)
 
     @property
     def remote(self) -> bool:

@@ -11,8 +11,9 @@ files lifts it at once; other failures (a source down, a failed slot write) are 
 
 A slot is taken from the least used unleased adapter of late, the least recent among equals
 (`worker.eviction`); the CPU tier, a victim cache for slots, is plain LRU. Adapters named in
-`adapters.pinned` are loaded at start and never leave their slot; `prefetch` loads into the CPU
-tier only.
+`adapters.pinned` (and registry adapters pinned over the API, `worker.registry_sync`) are loaded
+and never leave their slot until unpinned; `prefetch` loads into the CPU tier only. `drop`
+forgets a deleted adapter: its slot is reused first, at once or when its last lease ends.
 """
 
 from __future__ import annotations
@@ -118,8 +119,10 @@ class AdapterCache:
         use_halflife: int,
         pin_memory: bool = False,
         refusals: Refusals | None = None,
+        on_load: Callable[[str], None] | None = None,
     ) -> None:
         self._fetch = fetch
+        self._on_load = on_load
         self._engine = engine
         self._rules = rules
         self._cpu_capacity = cpu_capacity
@@ -142,6 +145,25 @@ class AdapterCache:
             self._pinned.add(lora_id)
         self.release(lease)
 
+    def unpin(self, lora_id: str) -> None:
+        """Back to an ordinary warm adapter, evicted like any other."""
+        with self._lock:
+            self._pinned.discard(lora_id)
+            self._lock.notify_all()
+
+    def drop(self, lora_id: str) -> None:
+        """Forget the adapter (it was deleted): out of the CPU tier now, and its slot no longer
+        found by its id, so it is the first to be reused once no lease holds it."""
+        with self._lock:
+            self._pinned.discard(lora_id)
+            self._cpu.pop(lora_id, None)
+            slot = self._slot_of.pop(lora_id, None)
+            if slot is not None:
+                self._lru.move_to_end(slot, last=False)
+                if self._slots[slot].leases == 0:
+                    self._slots[slot] = _Slot()
+            self._lock.notify_all()
+
     def prefetch(self, lora_id: str) -> None:
         """Into the CPU tier ahead of its first job (a batch names its adapters before its
         chunks arrive): fetched from its source, read and validated now, so the job pays a
@@ -153,7 +175,11 @@ class AdapterCache:
 
     def warm(self) -> list[str]:
         with self._lock:
-            return [s.lora_id for s in self._slots if s.lora_id is not None and s.ready]
+            return [
+                s.lora_id
+                for i, s in enumerate(self._slots)
+                if s.lora_id is not None and s.ready and self._slot_of.get(s.lora_id) == i
+            ]
 
     def free_slots(self) -> int:
         with self._lock:
@@ -215,7 +241,7 @@ class AdapterCache:
                 for slot in self._lru
                 if self._slots[slot].leases == 0 and self._slots[slot].lora_id not in self._pinned
             ]
-            slot = self._uses.least_used(free, lambda s: self._slots[s].lora_id)
+            slot = self._uses.least_used(free, self._held_by)
             if slot is not None:
                 if self._slots[slot].lora_id is not None:
                     self.stats.evictions += 1
@@ -227,6 +253,11 @@ class AdapterCache:
                 return slot
             if not self._wait(deadline):
                 raise TimeoutError("no adapter slot became free in time")
+
+    def _held_by(self, slot: int) -> str | None:
+        """The adapter a slot serves; None (reused first) when empty or dropped."""
+        lora_id = self._slots[slot].lora_id
+        return lora_id if lora_id is not None and self._slot_of.get(lora_id) == slot else None
 
     def _forget_slot(self, slot: int) -> None:
         old = self._slots[slot].lora_id
@@ -286,6 +317,8 @@ class AdapterCache:
                 self._cpu.popitem(last=False)
             self.stats.loads += 1
             metrics.ADAPTER_LOAD.observe(time.perf_counter() - started)
+        if self._on_load is not None:
+            self._on_load(lora_id)
         return weights
 
 

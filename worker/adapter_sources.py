@@ -1,4 +1,5 @@
-"""Where adapters come from: the adapter directory, then optionally the Hugging Face Hub or S3.
+"""Where adapters come from: the registry's store for revisions of uploaded adapters
+(`org/name@<hash>`), else the adapter directory, then optionally the Hugging Face Hub or S3.
 
 Remote sources download into the local disk cache (`adapters.cache_dir`) and serve later loads
 from there, so a worker that restarts or evicts an adapter from memory does not fetch it again. A
@@ -18,8 +19,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.adapters import CONFIG_FILE, PICKLE_FILE, WEIGHTS_FILE, adapter_path, exists_locally
+from common.adapters import (
+    CONFIG_FILE,
+    PICKLE_FILE,
+    WEIGHTS_FILE,
+    adapter_path,
+    exists_locally,
+    revision_key,
+    split_revision,
+)
 from common.errors import AdapterNotFound, AdapterOutsideDir, AdapterSourceUnavailable
+from common.object_store import ObjectStore, open_store
 from common.settings import AdapterSettings
 
 log = logging.getLogger(__name__)
@@ -188,6 +198,53 @@ def _is_missing(exc: Exception) -> bool:
     return code in ("404", "NoSuchKey", "NotFound") or isinstance(exc, FileNotFoundError)
 
 
+class RegistrySource:
+    """Revisions of uploaded adapters (`org/name@<hash>`, what the gateway puts in a job's
+    message), from the registry's store into `cache_dir/registry/<org>/<name>/<hash>/`. A
+    revision never changes, so a cached copy is good until the revision is deleted (`drop`).
+    Ids without a revision are other sources' business; a revision the store lacks is not
+    looked for anywhere else."""
+
+    def __init__(self, objects: ObjectStore, cache_dir: Path) -> None:
+        self.objects = objects
+        self.cache_dir = cache_dir / "registry"
+
+    def _target(self, name: str, revision: str) -> Path:
+        return self.cache_dir / name / revision
+
+    def fetch(self, lora_id: str) -> Path | None:
+        name, revision = split_revision(lora_id)
+        if revision is None:
+            return None
+        target = self._target(name, revision)
+        if (target / CONFIG_FILE).is_file() and (target / WEIGHTS_FILE).is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{revision}."))
+        try:
+            for file in (CONFIG_FILE, WEIGHTS_FILE):
+                key = revision_key(name, revision, file)
+                with self.objects.open_read(key) as source, (scratch / file).open("wb") as sink:
+                    shutil.copyfileobj(source, sink)
+            shutil.rmtree(target, ignore_errors=True)
+            scratch.rename(target)
+        except FileNotFoundError:
+            raise AdapterNotFound(f"adapter {lora_id!r} not found (deleted?)") from None
+        except Exception as exc:
+            raise AdapterSourceUnavailable(
+                f"the adapter store could not be read for {lora_id!r}: {exc}"
+            ) from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return target
+
+    def drop(self, lora_id: str) -> None:
+        """Forget a deleted revision's cached copy."""
+        name, revision = split_revision(lora_id)
+        if revision is not None:
+            shutil.rmtree(self._target(name, revision), ignore_errors=True)
+
+
 class ChainSource:
     def __init__(self, sources: Iterable[AdapterSource]) -> None:
         self.sources = list(sources)
@@ -200,7 +257,10 @@ class ChainSource:
 
 
 def sources_from_settings(settings: AdapterSettings) -> ChainSource:
-    sources: list[AdapterSource] = [LocalDirSource(settings.dir)]
+    registry = RegistrySource(
+        open_store(settings.store, settings.store_endpoint), settings.cache_dir
+    )
+    sources: list[AdapterSource] = [registry, LocalDirSource(settings.dir)]
     if settings.hub:
         token = settings.hub_token.get_secret_value() if settings.hub_token else None
         sources.append(HubSource(settings.cache_dir / "hub", settings.hub_endpoint, token))

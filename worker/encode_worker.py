@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from common import keys
 from common.adapter_check import AdapterRules
+from common.adapters import split_revision
 from common.broker import enqueue, publish_webhook
 from common.heartbeats import (
     live_worker_ids,
@@ -35,11 +36,12 @@ from common.job_store import JobStore
 from common.schemas import WorkerInfo
 from common.settings import Settings, resolve_model_path
 from worker.adapter_cache import AdapterCache
-from worker.adapter_sources import sources_from_settings
+from worker.adapter_sources import RegistrySource, sources_from_settings
 from worker.batcher import Batcher
 from worker.celery_app import make_worker_app
 from worker.redelivery import Redeliverer
 from worker.redis_client import connect
+from worker.registry_sync import RegistrySync
 from worker.runner import JobRunner
 from worker.shard_leases import QueueControl, ShardLeases
 from worker.tokenizing import WorkerTokenizer
@@ -74,14 +76,20 @@ class EncodeWorker:
         self.redis = connect(settings)
         ad = settings.adapters
         rules = AdapterRules(ad.max_rank, ad.max_file_bytes, ad.base_mismatch)
+        sources = sources_from_settings(ad)
         self.cache = AdapterCache(
-            sources_from_settings(ad).fetch,
+            sources.fetch,
             self.engine,
             rules,
             n_slots=ad.gpu_slots,
             cpu_capacity=ad.cpu_slots,
             pin_memory=self.engine.device.type == "cuda",
             use_halflife=ad.use_halflife,
+            on_load=self._count_load,
+        )
+        registry = next(s for s in sources.sources if isinstance(s, RegistrySource))
+        self.registry_sync = RegistrySync(
+            self.redis, self.cache, registry, ws.model, max_pins=ad.gpu_slots // 2
         )
         self.store = store = JobStore(
             self.redis,
@@ -136,6 +144,7 @@ class EncodeWorker:
         self._heartbeat.join(timeout=10)
         self.leases.release_all()
         self.batcher.stop()
+        self.registry_sync.close()
         st = self.batcher.stats
         log.info(
             "batches=%d rows=%d forward_s=%.2f real_tokens=%d padded_tokens=%d",
@@ -174,11 +183,26 @@ class EncodeWorker:
             live = live_worker_ids(self.redis, self.settings.worker.model)
             self.leases.tick(sorted({*live, self.id}))
         write_heartbeat(self.redis, self.info(), self.settings.worker.heartbeat_s)
+        try:
+            self.registry_sync.tick()
+        except Exception as exc:  # neither Redis nor a bad entry may stop the heartbeat
+            log.warning("adapter registry sync failed: %r", exc)
         self.store.renew_holds(self.runner.holding(), self.id)
         now = time.time()
         if self._leasing.is_set() and now - self._swept_at >= self.settings.routing.sweep_s:
             self._swept_at = now
             self.redeliverer.sweep(now)
+
+    def _count_load(self, lora_id: str) -> None:
+        """A registry adapter's `loads` (GET /v1/adapters/...); one try, it is a statistic."""
+        name, revision = split_revision(lora_id)
+        if revision is None:
+            return
+        try:
+            if self.redis.exists(keys.adapter(name)):
+                self.redis.hincrby(keys.adapter(name), "loads", 1)
+        except redis.RedisError as exc:
+            log.info("load of %s not counted: %s", lora_id, exc)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.settings.worker.heartbeat_s):

@@ -126,7 +126,7 @@ async def upload_file(request: Request, gw: GatewayDep, who: CallerDep) -> FileO
     key = upload_key(file_id)
     form = StreamedForm(
         boundary,
-        lambda: gw.objects.open_write(key),
+        lambda _: gw.objects.open_write(key),
         bulk.max_file_bytes,
         {"purpose": check_purpose},
     )

@@ -76,7 +76,8 @@ def test_workers_view_shows_a_key_only_its_own_adapters(redis_url: str, tmp_path
     now = time.time()
     worker = WorkerInfo(
         id="gpu-host-7-4242", model=FAKE_MODEL, queues=[keys.shard_queue(FAKE_MODEL, 0)],
-        warm_adapters=["acme/a0", "globex/secret-project"], started_at=now, seen_at=now,
+        warm_adapters=["acme/a0", "initech/secret-project", f"globex/own@{'0' * 16}"],
+        started_at=now, seen_at=now,
     )  # fmt: skip
     write_heartbeat(redis.Redis.from_url(redis_url), worker, heartbeat_s=60)
 
@@ -94,10 +95,12 @@ def test_workers_view_shows_a_key_only_its_own_adapters(redis_url: str, tmp_path
     assert full["workers"][0]["warm_adapters"] == worker.warm_adapters
     acme, globex = (views[t].json()["models"][FAKE_MODEL] for t in ("acme", "globex"))
     assert acme == {"queued": 0, "live_workers": 1, "warm_adapters": ["acme/a0"]}
-    assert globex["warm_adapters"] == [], "a key without an allowlist owns no adapter"
+    # A key without an allowlist owns its tenant's registry namespace, and nothing else.
+    assert globex["warm_adapters"] == [f"globex/own@{'0' * 16}"]
+    assert "globex/own" not in views["acme"].text
     for tenant in ("acme", "globex"):
         assert worker.id not in views[tenant].text
-        assert "globex/secret-project" not in views[tenant].text
+        assert "initech/secret-project" not in views[tenant].text
 
 
 def test_a_job_view_names_its_worker_to_operators_only(redis_url: str, tmp_path: Path) -> None:

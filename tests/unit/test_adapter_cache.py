@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import worker.adapter_cache as adapter_cache
+from common.adapter_check import AdapterFiles, AdapterRules
 from common.errors import AdapterNonFinite, AdapterNotFound, AdapterTensorsMismatch
 from common.settings import AdapterSettings, BaseMismatchPolicy
 from loraq.stack import wait_until
 from tests.unit.support import PEFT_WARNINGS, base_info_for, blocked_in
 from worker.adapter_cache import AdapterCache, Lease, Refusals
-from common.adapter_check import AdapterFiles, AdapterRules
 from worker.engine.lora import AdapterWeights, LoraModuleWeights, LoraPool
 from worker.engine.types import BaseModelInfo, ModuleShape
 
@@ -512,3 +512,37 @@ def test_real_refusal_remembered_until_the_files_change(
     edit_config(path, lora_alpha=4)
     assert use(cache, "org/nan").lora_id == "org/nan"
     assert validated == ["org/nan", "org/nan"]
+
+
+def test_unpinned_adapter_is_evicted_like_any_other(make_cache, engine: FakeEngine) -> None:
+    cache = make_cache(n_slots=1)
+    cache.pin("p")
+    with pytest.raises(TimeoutError):
+        cache.acquire("a", timeout=0.05)
+    cache.unpin("p")
+    use(cache, "a")
+    assert cache.warm() == ["a"]
+
+
+def test_dropped_adapter_leaves_at_once_or_after_its_last_lease(
+    make_cache, reader: FakeReader, engine: FakeEngine
+) -> None:
+    cache = make_cache(n_slots=2)
+    use(cache, "gone")
+    use(cache, "kept")
+    for _ in range(5):
+        use(cache, "gone")  # the more used: plain eviction would keep it
+    cache.drop("gone")
+    assert cache.warm() == ["kept"]
+    use(cache, "new")  # takes the dropped slot, not the least used live one
+    assert sorted(cache.warm()) == ["kept", "new"]
+
+    held = cache.acquire("leased", timeout=WAIT)  # evicts "kept" or "new"
+    cache.drop("leased")
+    assert "leased" not in cache.warm()
+    cache.release(held)
+    use(cache, "after")  # the dropped slot, once free, is the first reused
+    assert len(cache.warm()) == 2 and "after" in cache.warm()
+    reader.calls.clear()
+    use(cache, "leased")  # a dropped adapter asked for again is loaded again
+    assert reader.calls == ["leased"]

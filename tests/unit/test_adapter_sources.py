@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 
 from common import errors
+from common.adapters import revision_key
+from common.object_store import LocalObjectStore
 from common.settings import AdapterSettings
 from worker.adapter_sources import (
     ChainSource,
     HubSource,
     LocalDirSource,
+    RegistrySource,
     S3Source,
     sources_from_settings,
 )
@@ -117,10 +120,11 @@ def test_s3_source_reports_an_unreachable_bucket(tmp_path: Path) -> None:
 
 def test_sources_from_settings(tmp_path: Path) -> None:
     plain = sources_from_settings(AdapterSettings(dir=tmp_path))
-    assert [type(s) for s in plain.sources] == [LocalDirSource]
+    assert [type(s) for s in plain.sources] == [RegistrySource, LocalDirSource]
     remote = AdapterSettings(dir=tmp_path, hub=True, s3_uri="s3://b/p", cache_dir=tmp_path / "c")
     assert remote.remote
     assert [type(s) for s in sources_from_settings(remote).sources] == [
+        RegistrySource,
         LocalDirSource,
         HubSource,
         S3Source,
@@ -202,3 +206,26 @@ def test_hub_snapshot_links_to_its_blobs_are_served(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").write_bytes(b"x")
     with pytest.raises(errors.AdapterOutsideDir):
         HubSource(tmp_path / "hub", offline=True).fetch("org/legal-lora")
+
+
+# -- the registry's revisions (org/name@<hash>) -------------------------------------------------
+
+
+def test_registry_revisions_come_from_the_store_and_are_cached(tmp_path: Path) -> None:
+    store = LocalObjectStore(tmp_path / "store")
+    revision = "0123456789abcdef"
+    for name, data in FILES.items():
+        with store.open_write(revision_key("org/med", revision, name)) as out:
+            out.write(data)
+    source = RegistrySource(store, tmp_path / "cache")
+    assert source.fetch("org/med") is None  # no revision: another source's id
+    found = source.fetch(f"org/med@{revision}")
+    assert found == tmp_path / "cache" / "registry" / "org" / "med" / revision
+    assert {p.name: p.read_bytes() for p in found.iterdir()} == FILES
+    store.delete_prefix(revision_key("org/med", revision))
+    assert source.fetch(f"org/med@{revision}") == found  # immutable: the cached copy serves
+    source.drop(f"org/med@{revision}")
+    assert not found.exists()
+    with pytest.raises(errors.AdapterNotFound):
+        source.fetch(f"org/med@{revision}")
+    assert [p.name for p in found.parent.iterdir()] == []  # no scratch left behind

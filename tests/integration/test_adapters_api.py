@@ -1,0 +1,378 @@
+"""The adapter registry's routes (`api/routes/adapters.py`) on a real socket and a real Redis,
+with API keys on and no worker: uploads (files and archives) checked against a tiny base model's
+config, revisions, what jobs are sent (`org/name@<hash>`), tenancy, limits, pins and deletes.
+
+The gateway's model is a tiny BERT by its config alone (2 layers, hidden size 32); adapters are
+written here with numpy in PEFT's layout. The refusal of every corrupt kind with the worker's
+own code is in tests/unit/test_adapter_upload.py, on PEFT-made adapters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from safetensors.numpy import save
+
+from api.main import create_app
+from common import keys
+from common.adapter_check import content_hash
+from common.adapters import CONFIG_FILE, WEIGHTS_FILE
+from common.schemas import EncodeMessage
+from loraq.stack import wait_until
+from tests.asgi_server import serve
+from tests.constants import FAKE_MODEL
+from tests.integration.gateway_app import Keys, code, job_body, settings
+
+pytestmark = pytest.mark.integration
+
+TENANTS = (
+    "acme", "oai", "corrupt", "forms", "other", "doomed", "capped", "pins", "sizes", "archives",
+    "sharer", "friend",
+)  # fmt: skip
+HIDDEN, LAYERS = 32, 2
+MAX_ADAPTERS = 3
+MAX_PINNED = 1
+MAX_UPLOAD = 64 * 1024
+
+
+def tiny_config(root: Path) -> None:
+    config = {
+        "model_type": "bert", "hidden_size": HIDDEN, "intermediate_size": 64,
+        "num_hidden_layers": LAYERS, "num_attention_heads": 2, "max_position_embeddings": 64,
+    }  # fmt: skip
+    (root / "config.json").write_text(json.dumps(config))
+
+
+def adapter_files(seed: int = 0, r: int = 2, alpha: float = 4.0, **config: Any) -> dict[str, bytes]:
+    """A LoRA on every layer's query, in PEFT's save format."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for layer in range(LAYERS):
+        prefix = f"base_model.model.encoder.layer.{layer}.attention.self.query"
+        tensors[f"{prefix}.lora_A.weight"] = rng.standard_normal((r, HIDDEN)).astype(np.float32)
+        tensors[f"{prefix}.lora_B.weight"] = rng.standard_normal((HIDDEN, r)).astype(np.float32)
+    cfg = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["query"], **config}
+    return {CONFIG_FILE: json.dumps(cfg).encode(), WEIGHTS_FILE: save(tensors)}
+
+
+def revision_of(files: dict[str, bytes]) -> str:
+    return content_hash(files[CONFIG_FILE], files[WEIGHTS_FILE])
+
+
+@dataclass
+class Served:
+    url: str
+    keys: Keys
+    root: Path
+    redis_url: str
+
+    def http(self, tenant: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.keys.headers(tenant), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("adapters-api")
+    tiny_config(root)
+    api_keys = Keys()
+    entries = [api_keys.entry(t, rate_per_s=1000, burst=1000) for t in TENANTS]
+    adapters = {
+        "dir": root / "adapters", "store": str(root / "store"),
+        "max_adapters_per_tenant": MAX_ADAPTERS, "max_pinned_per_tenant": MAX_PINNED,
+        "max_upload_bytes": MAX_UPLOAD, "max_bytes_per_tenant": 20_000, "delete_grace_s": 1,
+    }  # fmt: skip
+    s = settings(module_redis_url, root, entries, adapters=adapters)
+    with serve(create_app(s)) as url:
+        yield Served(url, api_keys, root, module_redis_url)
+
+
+def push(client: httpx.Client, name: str, files: dict[str, bytes], **fields: str) -> httpx.Response:
+    parts = [("file", (filename, data)) for filename, data in files.items()]
+    return client.post("/v1/adapters", files=parts, data={"name": name, **fields})
+
+
+def tar_of(files: dict[str, bytes], folder: str = "my-adapter", gz: bool = True) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz" if gz else "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def zip_of(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in files.items():
+            zipped.writestr(name, data)
+    return out.getvalue()
+
+
+def queued_message(redis_url: str, job_id: str) -> EncodeMessage:
+    raw = redis.Redis.from_url(redis_url).get(keys.job_message(job_id))
+    assert raw is not None
+    return EncodeMessage.model_validate_json(raw)
+
+
+def submit(client: httpx.Client, lora_id: str) -> httpx.Response:
+    return client.post("/v1/jobs", json=job_body(lora_id=lora_id))
+
+
+def test_upload_then_jobs_get_the_latest_or_the_pinned_revision(served: Served) -> None:
+    first, second = adapter_files(seed=1), adapter_files(seed=2)
+    with served.http("acme") as acme:
+        created = push(acme, "acme/intent", first)
+        assert created.status_code == 201, created.text
+        view = created.json()
+        assert view["id"] == "acme/intent" and view["owner"] == "acme"
+        assert view["latest"] == revision_of(first) and view["rank"] == 2
+        assert view["targets"] == ["attention.self.query"] and view["model"] == FAKE_MODEL
+        assert view["bytes"] == len(first[CONFIG_FILE]) + len(first[WEIGHTS_FILE])
+
+        job = submit(acme, "acme/intent")
+        assert job.status_code == 202, job.text
+        old = f"acme/intent@{revision_of(first)}"
+        assert queued_message(served.redis_url, job.json()["id"]).lora_id == old
+
+        assert push(acme, "acme/intent", second).status_code == 201
+        new = f"acme/intent@{revision_of(second)}"
+        latest = submit(acme, "acme/intent").json()["id"]
+        pinned = submit(acme, old).json()["id"]
+        assert queued_message(served.redis_url, latest).lora_id == new
+        assert queued_message(served.redis_url, pinned).lora_id == old
+        # The job queued before the new revision keeps its own.
+        assert queued_message(served.redis_url, job.json()["id"]).lora_id == old
+
+        shown = acme.get("/v1/adapters/acme/intent").json()
+        assert [r["hash"] for r in shown["revisions"]] == [revision_of(first), revision_of(second)]
+        assert shown["jobs"] == 3 and shown["latest"] == revision_of(second)
+        assert code(submit(acme, "acme/intent@" + "0" * 16)) == (404, "ADAPTER_NOT_FOUND")
+
+        again = push(acme, "acme/intent", first)  # the same files: the old revision, latest again
+        assert again.status_code == 201 and again.json()["latest"] == revision_of(first)
+        assert len(again.json()["revisions"]) == 2
+
+
+def test_openai_route_takes_model_colon_adapter_at_hash(served: Served) -> None:
+    files = adapter_files(seed=3)
+    with served.http("oai") as acme:
+        assert push(acme, "oai/openai", files).status_code == 201
+        # The model has no files here: the sync route queues the job, then times out; the
+        # refusals come first, so a missing revision is told at once.
+        missing = acme.post(
+            "/v1/embeddings", json={"model": f"{FAKE_MODEL}:oai/openai@{'f' * 16}", "input": "x"}
+        )
+        assert code(missing) == (404, "ADAPTER_NOT_FOUND")
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar", "zip"])
+def test_archives_upload_like_files(served: Served, kind: str) -> None:
+    files = adapter_files(seed=10 + len(kind))
+    archive = {
+        "tar.gz": tar_of(files), "tar": tar_of(files, gz=False), "zip": zip_of(files),
+    }[kind]  # fmt: skip
+    with served.http("archives") as client:
+        response = push(client, f"archives/{kind.replace('.', '-')}", {f"a.{kind}": archive})
+        assert response.status_code == 201, response.text
+        assert response.json()["latest"] == revision_of(files)
+        client.delete(f"/v1/adapters/archives/{kind.replace('.', '-')}")
+
+
+def hostile_tar(kind: str) -> bytes:
+    files = adapter_files()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        if kind == "traversal":
+            info = tarfile.TarInfo(f"../{CONFIG_FILE}")
+            info.size = len(files[CONFIG_FILE])
+            tar.addfile(info, io.BytesIO(files[CONFIG_FILE]))
+        elif kind == "symlink":
+            info = tarfile.TarInfo(CONFIG_FILE)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        elif kind == "many":
+            for i in range(100):
+                info = tarfile.TarInfo(f"f{i}")
+                tar.addfile(info, io.BytesIO(b""))
+        elif kind == "bomb":  # 10 MB of zeros, a few KB compressed
+            info = tarfile.TarInfo(WEIGHTS_FILE)
+            info.size = 10 * 1024 * 1024
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["traversal", "symlink", "many", "bomb", "garbage"])
+def test_hostile_archives_refused(served: Served, kind: str) -> None:
+    archive = b"not an archive at all" * 10 if kind == "garbage" else hostile_tar(kind)
+    with served.http("archives") as client:
+        response = push(client, "archives/hostile", {"a.tar.gz": archive})
+        assert code(response) == (422, "INVALID_INPUT"), response.text
+        assert code(client.get("/v1/adapters/archives/hostile")) == (404, "ADAPTER_NOT_FOUND")
+
+
+def test_corrupt_adapters_refused_with_the_workers_codes(served: Served) -> None:
+    good = adapter_files()
+    cases = {
+        "ADAPTER_NOT_LORA": {**good, CONFIG_FILE: b'{"peft_type": "IA3"}'},
+        "ADAPTER_CONFIG_INVALID": {**good, CONFIG_FILE: b"{not json"},
+        "ADAPTER_TENSORS_MISMATCH": {**good, WEIGHTS_FILE: b"\x08" + bytes(7) + b"garbage!"},
+        "ADAPTER_SHAPE_MISMATCH": adapter_files(r=2, rank_pattern={"query": 3}),
+        "ADAPTER_UNSAFE_FORMAT": {CONFIG_FILE: good[CONFIG_FILE], "adapter_model.bin": b"x"},
+        "ADAPTER_NON_FINITE": adapter_files(alpha=float("inf")),
+        "ADAPTER_SCALE_TOO_LARGE": adapter_files(alpha=1e6),
+        "ADAPTER_UNSUPPORTED": adapter_files(use_dora=True),
+        "ADAPTER_TARGET_MISSING": adapter_files(target_modules=["q_proj"]),
+        "ADAPTER_RANK_TOO_HIGH": adapter_files(r=65),
+    }
+    with served.http("corrupt") as client:
+        for expected, files in cases.items():
+            response = push(client, "corrupt/broken", files)
+            assert code(response) == (422, expected), (expected, response.text)
+        assert code(client.get("/v1/adapters/corrupt/broken")) == (404, "ADAPTER_NOT_FOUND")
+
+
+def test_bad_forms_refused(served: Served) -> None:
+    files = adapter_files()
+    with served.http("forms") as client:
+        assert code(push(client, "forms/x", {"README.md": b"hi"})) == (422, "INVALID_INPUT")
+        assert code(push(client, "forms/x", {CONFIG_FILE: files[CONFIG_FILE]})) == (
+            422,
+            "ADAPTER_TENSORS_MISMATCH",
+        )
+        only_weights = push(client, "forms/x", {WEIGHTS_FILE: files[WEIGHTS_FILE]})
+        assert code(only_weights) == (422, "INVALID_INPUT")
+        assert code(push(client, "forms/x@" + "a" * 16, files)) == (422, "INVALID_INPUT")
+        assert code(push(client, "../x", files)) == (422, "INVALID_LORA_ID")
+        assert code(push(client, "forms/x", files, model="no/such")) == (404, "MODEL_NOT_FOUND")
+        plain = client.post("/v1/adapters", json={"name": "forms/x"})
+        assert code(plain) == (415, "UNSUPPORTED_MEDIA_TYPE")
+
+
+def test_tenancy_of_every_route(served: Served) -> None:
+    files = adapter_files(seed=5)
+    with served.http("acme") as acme, served.http("other") as other:
+        assert push(acme, "acme/private", files).status_code == 201
+        missing = other.get("/v1/adapters/acme/nothing-here")
+        for response in (
+            other.get("/v1/adapters/acme/private"),
+            other.delete("/v1/adapters/acme/private"),
+            other.post("/v1/adapters/acme/private/pin"),
+            other.post("/v1/adapters/acme/private/unpin"),
+            other.put("/v1/adapters/acme/private/sharing", json={"tenants": ["other"]}),
+            submit(other, "acme/private"),
+            submit(other, f"acme/private@{revision_of(files)}"),
+        ):
+            assert code(response) == code(missing) == (404, "ADAPTER_NOT_FOUND")
+            assert "private" in response.json()["error"]["message"]
+        assert all(a["id"] != "acme/private" for a in other.get("/v1/adapters").json()["data"])
+        # Uploads go into the caller's own namespace only.
+        assert code(push(other, "acme/private", files)) == (403, "ADAPTER_FORBIDDEN")
+        workers = other.get("/v1/workers").text
+        assert "acme/" not in workers
+        assert acme.get("/v1/adapters/acme/private").status_code == 200
+
+
+def test_sharing(served: Served) -> None:
+    files = adapter_files(seed=6)
+    with served.http("sharer") as sharer, served.http("friend") as friend:
+        assert push(sharer, "sharer/common", files).status_code == 201
+        assert code(friend.get("/v1/adapters/sharer/common"))[0] == 404
+        shared = sharer.put("/v1/adapters/sharer/common/sharing", json={"tenants": ["friend"]})
+        assert shared.json()["shared_with"] == ["friend"]
+        seen = friend.get("/v1/adapters/sharer/common").json()
+        assert seen["shared_with"] is None  # whom else it is shared with is the owner's business
+        assert [a["id"] for a in friend.get("/v1/adapters").json()["data"]] == ["sharer/common"]
+        job = submit(friend, "sharer/common")
+        assert job.status_code == 202
+        assert queued_message(served.redis_url, job.json()["id"]).lora_id.startswith(
+            "sharer/common@"
+        )
+        assert code(friend.delete("/v1/adapters/sharer/common")) == (403, "ADAPTER_FORBIDDEN")
+        sharer.put("/v1/adapters/sharer/common/sharing", json={"tenants": []})
+        assert code(submit(friend, "sharer/common")) == (404, "ADAPTER_NOT_FOUND")
+        assert friend.get("/v1/adapters").json()["data"] == []
+
+
+def test_limits(served: Served) -> None:
+    with served.http("capped") as capped:
+        for i in range(MAX_ADAPTERS):
+            assert push(capped, f"capped/a{i}", adapter_files(seed=20 + i)).status_code == 201
+        assert code(push(capped, "capped/one-more", adapter_files(seed=30))) == (
+            429,
+            "TOO_MANY_ADAPTERS",
+        )
+        # A new revision of one held is still fine, within the byte cap.
+        assert push(capped, "capped/a0", adapter_files(seed=31)).status_code == 201
+        listed = capped.get("/v1/adapters", params={"limit": 2}).json()
+        assert [a["id"] for a in listed["data"]] == ["capped/a0", "capped/a1"]
+        assert listed["has_more"]
+        rest = capped.get("/v1/adapters", params={"after": listed["last_id"]}).json()
+        assert [a["id"] for a in rest["data"]] == ["capped/a2"] and not rest["has_more"]
+    with served.http("sizes") as sizes:
+        big = adapter_files(r=128)  # over max_upload_bytes
+        assert code(push(sizes, "sizes/big", big)) == (413, "FILE_TOO_LARGE")
+        for i in range(MAX_ADAPTERS):  # each about 8.5 KB: the byte cap comes first
+            response = push(sizes, f"sizes/s{i}", adapter_files(seed=40 + i, r=16))
+            if response.status_code != 201:
+                assert code(response) == (429, "ADAPTER_STORAGE_FULL")
+                break
+        else:
+            pytest.fail("the byte cap was never reached")
+
+
+def test_pin_unpin_and_their_cap(served: Served) -> None:
+    with served.http("pins") as pins:
+        for name in ("pins/a", "pins/b"):
+            assert push(pins, name, adapter_files(seed=50 + len(name))).status_code == 201
+        pinned = pins.post("/v1/adapters/pins/a/pin")
+        assert pinned.status_code == 200 and pinned.json()["pinned"]
+        assert code(pins.post("/v1/adapters/pins/b/pin")) == (429, "TOO_MANY_PINNED")
+        r = redis.Redis.from_url(served.redis_url)
+        entry = json.loads(r.hget(keys.PINNED_ADAPTERS, "pins/a") or b"{}")
+        assert entry == {"revision": pinned.json()["latest"], "model": FAKE_MODEL}
+        newer = push(pins, "pins/a", adapter_files(seed=99)).json()
+        assert (
+            json.loads(r.hget(keys.PINNED_ADAPTERS, "pins/a") or b"{}")["revision"]
+            == (newer["latest"])
+        )
+        assert not pins.post("/v1/adapters/pins/a/unpin").json()["pinned"]
+        assert r.hget(keys.PINNED_ADAPTERS, "pins/a") is None
+        assert pins.post("/v1/adapters/pins/b/pin").json()["pinned"]
+
+
+def test_delete_refuses_new_jobs_and_tells_workers(served: Served) -> None:
+    files = adapter_files(seed=60)
+    revision = revision_of(files)
+    with served.http("doomed") as client:
+        assert push(client, "doomed/a", files).status_code == 201
+        stored = served.root / "store" / "adapters" / "doomed" / "a" / revision
+        assert (stored / WEIGHTS_FILE).read_bytes() == files[WEIGHTS_FILE]
+        deleted = client.delete("/v1/adapters/doomed/a")
+        assert deleted.json() == {"id": "doomed/a", "object": "adapter", "deleted": True}
+        assert code(submit(client, "doomed/a")) == (404, "ADAPTER_NOT_FOUND")
+        assert code(client.get("/v1/adapters/doomed/a")) == (404, "ADAPTER_NOT_FOUND")
+        assert code(client.delete("/v1/adapters/doomed/a")) == (404, "ADAPTER_NOT_FOUND")
+        r = redis.Redis.from_url(served.redis_url)
+        assert r.zscore(keys.DELETED_ADAPTERS, f"doomed/a@{revision}") is not None
+        # Jobs queued before the delete still find the files, for delete_grace_s (1 s here);
+        # then whoever uploads or deletes next deletes them.
+        assert stored.exists()
+
+        def swept() -> bool:
+            push(client, "doomed/next", adapter_files(seed=61))
+            return not stored.exists()
+
+        wait_until(swept, 30, "the deleted adapter's files to go")
+        assert r.zscore(keys.DELETED_ADAPTERS, f"doomed/a@{revision}") is None
