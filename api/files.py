@@ -5,7 +5,8 @@ Redis holds one hash per file (`keys.file`) and a sorted set of each tenant's fi
 reached only from worker threads (a file may be hundreds of MB, and S3 calls block). Uploads go
 to `files/<id>`; files a batch produces stay where it wrote them, and the record says where.
 A file lives `bulk.retention_s` (its `expires_at`); its record a day longer, so that whoever
-next lists or uploads for the tenant still finds the bytes to delete.
+next lists or uploads for the tenant, or the gateways' sweep of every tenant's expired files
+(`keys.EXPIRING_FILES`, `sweep_expired`), still finds the bytes to delete.
 
 Ids sort by creation time: `file-`, the creation time in milliseconds (8 base62 digits), then
 16 random ones, and each member's score is that time. So a list cursor (`after`) says where it
@@ -55,6 +56,8 @@ FILE_THREADS = 8
 RECORD_GRACE_S = 24 * 3600
 #: Members read per round trip while listing.
 _SCAN = 1000
+#: Expired files one sweep forgets at most (the rest wait for the next).
+SWEEP_BATCH = 100
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase  # in byte order
 _STAMP_DIGITS = 8
 _RANDOM_DIGITS = 16
@@ -204,6 +207,7 @@ class FileRecords:
             pipe.hset(keys.file(record.id), mapping=fields)  # type: ignore[arg-type]
             pipe.expire(keys.file(record.id), self._bulk.retention_s + RECORD_GRACE_S)
             await pipe.execute()
+        await self._redis.zadd(keys.EXPIRING_FILES, {record.id: record.expires_at})
 
     async def create(
         self, tenant: str, file_id: str, filename: str, purpose: FilePurpose, nbytes: int
@@ -275,6 +279,35 @@ class FileRecords:
         await self.delete_object(record.key)
         await self._redis.zrem(keys.tenant_files(tenant), file_id)
         await self._redis.delete(keys.file(file_id))
+        await self._redis.zrem(keys.EXPIRING_FILES, file_id)
+
+    async def sweep_expired(self, now: float | None = None, limit: int = SWEEP_BATCH) -> int:
+        """Forgets up to `limit` files of any tenant past retention (bytes, member, record);
+        returns how many. Gateways call it now and then: without it a tenant that never
+        lists or uploads again would keep its bytes in the store for good. Sweeps of two
+        gateways at once delete the same things twice, which is harmless."""
+        due = texts(
+            await self._redis.zrange(
+                keys.EXPIRING_FILES, "-inf", time.time() if now is None else now,
+                byscore=True, offset=0, num=limit,
+            )
+        )  # fmt: skip
+        if not due:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for file_id in due:
+                pipe.hgetall(keys.file(file_id))
+            raws = await pipe.execute()
+        by_tenant: dict[str | None, list[tuple[str, str]]] = {}
+        for file_id, raw in zip(due, raws, strict=True):
+            record = _decode(raw) if raw else None
+            if record is None:  # its record outlived the grace: only the upload key is known
+                by_tenant.setdefault(None, []).append((file_id, upload_key(file_id)))
+            else:
+                by_tenant.setdefault(record.tenant, []).append((file_id, record.key))
+        for tenant, gone in by_tenant.items():
+            await self._forget(tenant, gone)
+        return len(due)
 
     async def delete_object(self, key: str) -> None:
         await to_thread.run_sync(self.objects.delete_prefix, key, limiter=self.limiter)
@@ -323,16 +356,20 @@ class FileRecords:
             await self._forget(tenant, gone)
         return live
 
-    async def _forget(self, tenant: str, gone: Sequence[tuple[str, str]]) -> None:
-        """Files past retention (or half-registered): their bytes, then member and record."""
+    async def _forget(self, tenant: str | None, gone: Sequence[tuple[str, str]]) -> None:
+        """Files past retention (or half-registered): their bytes, then member and record.
+        `tenant` None: the records are gone; members left in a tenant's set are forgotten
+        when that set is next read."""
         for file_id, key in gone:
             try:
                 await self.delete_object(key)
             except Exception:  # logged, not retried: nothing would find these bytes again
                 log.exception("could not delete the bytes of expired file %s", file_id)
         ids = [file_id for file_id, _ in gone]
-        await self._redis.zrem(keys.tenant_files(tenant), *ids)
+        if tenant is not None:
+            await self._redis.zrem(keys.tenant_files(tenant), *ids)
         await self._redis.delete(*(keys.file(file_id) for file_id in ids))
+        await self._redis.zrem(keys.EXPIRING_FILES, *ids)
 
 
 def too_many_files(cap: int) -> TooManyFiles:

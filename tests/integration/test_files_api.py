@@ -39,7 +39,10 @@ MiB = 1024 * 1024
 SMALL_LIMIT = MiB
 LARGE_LIMIT = 80 * MiB
 CAP = 5
-TENANTS = ("trip", "alice", "bob", "pager", "outputs", "capped", "sizes", "forms", "large")
+TENANTS = (
+    "trip", "alice", "bob", "pager", "outputs", "capped", "sizes", "forms", "large", "gone",
+    "stays",
+)  # fmt: skip
 BOUNDARY = "loraq-test-boundary"
 FORM = f"multipart/form-data; boundary={BOUNDARY}"
 
@@ -221,6 +224,41 @@ def test_lists_page_by_cursor_in_either_order(small: Served) -> None:
         for query in ({"limit": 0}, {"limit": 10_001}, {"order": "up"}, {"after": "file-x"},
                       {"purpose": "fine-tune"}):  # fmt: skip
             assert code(http.get("/v1/files", params=query)) == (422, "INVALID_INPUT"), query
+
+
+def test_the_sweep_deletes_expired_files_of_tenants_that_never_come_back(small: Served) -> None:
+    """A tenant that never lists or uploads again still loses its files at retention's end:
+    the gateways' sweep reads every tenant's expired files from one index. Another tenant's
+    live file stays, and a file whose record is gone loses its bytes all the same."""
+    with small.http("gone") as gone, small.http("stays") as stays:
+        old = upload(gone, b'{"a": 1}\n').json()["id"]
+        kept = upload(stays, b'{"b": 1}\n').json()["id"]
+    r = redis.Redis.from_url(small.redis_url)
+    assert {old, kept} <= {m.decode() for m in r.zrange(keys.EXPIRING_FILES, 0, -1)}
+    past = int(time.time()) - 1
+    r.hset(keys.file(old), "expires_at", past)
+    r.zadd(keys.EXPIRING_FILES, {old: past})
+    orphan = new_file_id()  # bytes and index member, its record past the grace
+    with LocalObjectStore(small.store).open_write(f"files/{orphan}") as out:
+        out.write(b"orphan")
+    r.zadd(keys.EXPIRING_FILES, {orphan: past - 100})
+    assert (small.store / "files" / old).exists()
+
+    async def sweep() -> list[int]:
+        client = aioredis.Redis.from_url(small.redis_url)
+        records = FileRecords(client, LocalObjectStore(small.store), small.bulk)
+        swept = [await records.sweep_expired(), await records.sweep_expired()]
+        await client.aclose()
+        return swept
+
+    assert asyncio.run(sweep()) == [2, 0]
+    assert not (small.store / "files" / old).exists()
+    assert not (small.store / "files" / orphan).exists()
+    assert not r.exists(keys.file(old)) and r.zcard(keys.tenant_files("gone")) == 0
+    assert (small.store / "files" / kept).exists()
+    assert [f.id for f in small.openai("stays").files.list()] == [kept]
+    small.openai("stays").files.delete(kept)
+    assert r.zscore(keys.EXPIRING_FILES, kept) is None
 
 
 def test_batch_outputs_are_registered_listed_and_expire(small: Served) -> None:
