@@ -180,12 +180,25 @@ class SentinelRedis:
         best = max(set(ports), key=ports.count, default=None)
         return best if best is not None and ports.count(best) * 2 > len(self.sentinels) else None
 
+    def replicas_online(self) -> int:
+        """Replicas the primary streams to (their first full sync done)."""
+        port = self.primary_port()
+        if port is None:
+            return 0
+        with redis.Redis(port=port, socket_connect_timeout=0.5) as client:
+            info = client.info("replication")
+        return sum(
+            1 for k, v in info.items() if k.startswith("slave") and v.get("state") == "online"
+        )
+
     def ready(self) -> bool:
-        """Every Sentinel sees the primary up, every replica and the other Sentinels: only
-        then can they agree on a failover."""
+        """Every replica in sync, and every Sentinel sees the primary up, every replica and
+        the other Sentinels: only then can they agree on a failover."""
         replicas = len(self.nodes) - 1
         try:
             views = [self.sentinel_view(port) for port in self.sentinels]
+            if self.replicas_online() < replicas:
+                return False
         except redis.RedisError:
             return False
         return all(

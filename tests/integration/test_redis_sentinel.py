@@ -1,0 +1,102 @@
+"""The gateway's and workers' Redis clients against a real primary, replica and three Sentinels
+(`loraq.stack.start_sentinel_redis`): they find the primary, follow it to the promoted replica
+after a failover, and a submit with replica acks is accepted only while a replica holds it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from common import keys
+from common.errors import QueueUnavailable
+from common.job_store import AsyncJobStore
+from common.redis_connection import async_client, sync_client
+from common.schemas import JobStatus, StoredJob
+from common.settings import SentinelSettings, Settings
+from loraq.stack import SentinelRedis, start_sentinel_redis, wait_until
+
+
+@pytest.fixture
+def group(tmp_path: Path) -> Iterator[SentinelRedis]:
+    running = start_sentinel_redis(tmp_path)
+    yield running
+    running.stop()
+
+
+def settings_for(group: SentinelRedis, **fields: object) -> Settings:
+    addresses = [f"127.0.0.1:{port}" for port in group.sentinels]
+    return Settings(
+        redis_url="redis://127.0.0.1/0",
+        sentinel=SentinelSettings(addresses=addresses, master_name=group.master_name),
+        **fields,
+    )
+
+
+def job(job_id: str) -> StoredJob:
+    return StoredJob(
+        id=job_id, status=JobStatus.QUEUED, model="m/1", n_items=1, created_at=time.time()
+    )
+
+
+def test_clients_follow_the_primary_through_a_failover(group: SentinelRedis) -> None:
+    settings = settings_for(group)
+    client = sync_client(settings)
+    with client.pipeline(transaction=False) as pipe:  # WAIT counts its own connection's writes
+        pipe.set("before", "1")
+        pipe.execute_command("WAIT", 1, 5000)
+        assert pipe.execute() == [True, 1]
+    old = group.primary_port()
+    assert old is not None
+    group.nodes[old].popen.send_signal(signal.SIGKILL)
+    wait_until(lambda: group.primary_port() not in (None, old), 30, "Sentinel to promote")
+
+    def writes() -> bool:
+        try:
+            return bool(client.set("after", "1"))
+        except RedisConnectionError:
+            return False
+
+    wait_until(writes, 30, "a write to the new primary", interval=0.2)
+    assert client.get("before") == b"1", "the replica had acked the write before the kill"
+
+
+def test_a_submit_is_accepted_only_once_a_replica_holds_it(group: SentinelRedis) -> None:
+    settings = settings_for(group, redis_replica_acks=1, redis_replica_ack_timeout_ms=300)
+
+    async def create(job_id: str) -> None:
+        client = async_client(settings)
+        try:
+            store = AsyncJobStore(
+                client, 60, replica_acks=1, ack_timeout_ms=settings.redis_replica_ack_timeout_ms
+            )
+            assert await store.create(job(job_id), b"{}", "q") is None
+        finally:
+            await client.aclose()
+
+    asyncio.run(create("job_acked"))
+    replica = next(port for port in group.nodes if port != group.primary_port())
+    group.nodes[replica].stop()
+    with pytest.raises(QueueUnavailable, match="0 of 1 Redis replicas"):
+        asyncio.run(create("job_unacked"))
+    assert sync_client(settings).exists(keys.job("job_acked"))
+
+
+def test_the_gateway_pool_is_bounded_with_sentinel_too(group: SentinelRedis) -> None:
+    settings = settings_for(group, redis_max_connections=2, redis_pool_timeout_s=0.2)
+
+    async def three_blocked_at_once() -> list[object]:
+        client = async_client(settings)
+        try:
+            calls = [client.blpop(["nothing"], timeout=1) for _ in range(3)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(three_blocked_at_once())
+    assert sum(isinstance(r, Exception) for r in results) == 1, results
