@@ -14,7 +14,7 @@ system's business (redelivery), as for any job.
 
 Blocking work (reading and writing parts, assembling files) runs on worker threads; the event
 loop only reads and writes Redis. The runner's loop also sweeps every tenant's expired files
-(`FileRecords.sweep_expired`) every `FILE_SWEEP_S`: files are the batches' inputs and outputs.
+(`FileRecords.sweep_expired`) every `bulk.file_sweep_s`: files are the batches' inputs and outputs.
 """
 
 from __future__ import annotations
@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 #: Batches one gateway drives at once; the rest wait for a gateway with room.
 MAX_DRIVEN = 64
-#: How often each gateway sweeps expired files: their bytes go within this of retention's end.
-FILE_SWEEP_S = 60.0
 
 # KEYS: chunk hash, batch record. ARGV: chunk, completed, failed, width ('' = unchanged).
 # Marks a chunk done and counts its lines, once.
@@ -108,7 +106,7 @@ class BatchRunner:
                 await self._tick()
             except Exception:
                 log.exception("batch runner tick failed; trying again")
-            if time.monotonic() - self._swept_at >= FILE_SWEEP_S:
+            if time.monotonic() - self._swept_at >= self._settings.file_sweep_s:
                 self._swept_at = time.monotonic()
                 try:
                     await self._gw.files.sweep_expired()

@@ -145,6 +145,8 @@ class BulkSettings(_Section):
     window_s: int = Field(24 * 3600, ge=1)
     #: Files and finished batches are kept this long (OpenAI keeps batch output 30 days).
     retention_s: int = Field(30 * 24 * 3600, ge=60)
+    #: How often each gateway deletes every tenant's files past retention (bytes and records).
+    file_sweep_s: float = Field(60.0, gt=0)
 
 
 class RoutingSettings(_Section):
