@@ -158,8 +158,7 @@ def add_server_commands(sub: client_cli.Subcommands) -> None:
     p.add_argument("--state-dir", default=".loraq")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("adapters", help="adapter utilities")
-    adapters = p.add_subparsers(dest="adapters_command", required=True)
+    adapters = client_cli.command_group(sub, "adapters", "adapter utilities")
     p = adapters.add_parser("demo", help="fine-tune the two demo adapters (PEFT format)")
     p.add_argument("--out", default="adapters", help="adapter directory to write into")
     p.set_defaults(func=_adapters_demo)

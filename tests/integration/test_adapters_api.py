@@ -30,7 +30,9 @@ from common.adapter_check import content_hash
 from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.schemas import EncodeMessage
 from loraq.stack import wait_until
+from loraq_client import LoraqClient, NotFoundError
 from tests.asgi_server import serve
+from tests.cli import cli
 from tests.constants import FAKE_MODEL
 from tests.integration.gateway_app import Keys, code, job_body, settings
 
@@ -38,7 +40,7 @@ pytestmark = pytest.mark.integration
 
 TENANTS = (
     "acme", "oai", "corrupt", "forms", "other", "doomed", "capped", "pins", "sizes", "archives",
-    "sharer", "friend",
+    "sharer", "friend", "cli",
 )  # fmt: skip
 HIDDEN, LAYERS = 32, 2
 MAX_ADAPTERS = 3
@@ -376,3 +378,41 @@ def test_delete_refuses_new_jobs_and_tells_workers(served: Served) -> None:
 
         wait_until(swept, 30, "the deleted adapter's files to go")
         assert r.zscore(keys.DELETED_ADAPTERS, f"doomed/a@{revision}") is None
+
+
+def test_sdk_and_cli(served: Served, tmp_path: Path) -> None:
+    directory = tmp_path / "my-adapter"
+    directory.mkdir()
+    first = adapter_files(seed=70)
+    for name, data in first.items():
+        (directory / name).write_bytes(data)
+    (directory / "README.md").write_text("not sent")
+    key = served.keys.headers("cli")["authorization"].removeprefix("Bearer ")
+    with LoraqClient(served.url, api_key=key) as client:
+        pushed = client.push_adapter(directory, "cli/sdk")
+        assert pushed["latest"] == revision_of(first)
+        archive = tmp_path / "second.tar.gz"
+        second = adapter_files(seed=71)
+        archive.write_bytes(tar_of(second))
+        assert client.push_adapter(archive, "cli/sdk")["latest"] == revision_of(second)
+        assert [a["id"] for a in client.iter_adapters(page_size=1)] == ["cli/sdk"]
+        assert client.pin_adapter("cli/sdk")["pinned"]
+        assert not client.unpin_adapter("cli/sdk")["pinned"]
+        assert client.share_adapter("cli/sdk", ["friend"])["shared_with"] == ["friend"]
+        with pytest.raises(NotFoundError):
+            client.adapter("acme/intent")  # another tenant's
+        with pytest.raises(ValueError, match=r"no adapter_config\.json"):
+            client.push_adapter(tmp_path, "cli/x")
+
+    env = {"LORAQ_URL": served.url, "LORAQ_API_KEY": key}
+    listed = cli("adapters", "ls", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split("\t")[:2] == ["cli/sdk", revision_of(second)]
+    shown = cli("adapters", "show", "cli/sdk", env=env)
+    assert json.loads(shown.stdout)["revisions"][0]["hash"] == revision_of(first)
+    pushed_again = cli("adapters", "push", str(directory), "--name", "cli/sdk", env=env)
+    assert json.loads(pushed_again.stdout)["latest"] == revision_of(first)
+    assert json.loads(cli("adapters", "pin", "cli/sdk", env=env).stdout)["pinned"]
+    assert json.loads(cli("adapters", "rm", "cli/sdk", env=env).stdout)["deleted"]
+    missing = cli("adapters", "show", "cli/sdk", env=env)
+    assert missing.returncode == 1 and "ADAPTER_NOT_FOUND" in missing.stderr

@@ -1,5 +1,5 @@
-"""`loraq` command line: talk to a running gateway (submit, get, wait, cancel, encode, and
-`batch ...` for the Batches API).
+"""`loraq` command line: talk to a running gateway (submit, get, wait, cancel, encode,
+`batch ...` for the Batches API, and `adapters ...` for the adapter registry).
 
 The command belongs to the client distribution, which any machine that talks to a gateway has;
 other installed distributions add their commands through the `loraq.commands` entry point
@@ -45,7 +45,8 @@ EXIT_TIMEOUT = 124
 #: Entry point group of the functions that add commands to `loraq`.
 COMMANDS_GROUP = "loraq.commands"
 DESCRIPTION = (
-    "Talk to a loraq gateway (submit, get, wait, cancel, encode, batch). Where the loraq server "
+    "Talk to a loraq gateway (submit, get, wait, cancel, encode, batch, adapters). Where the "
+    "loraq server "
     "is installed, its commands (gateway, worker, demo, ...) are here too."
 )
 #: The Batches API's list pages hold at most this many.
@@ -391,6 +392,89 @@ def _add_batch_commands(
     p.set_defaults(func=_batch_list)
 
 
+@_reports_errors
+def _adapters_push(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            adapter = client.push_adapter(args.source, args.name, model=args.model)
+        except ValueError as exc:  # not an adapter directory or archive
+            print(f"loraq: {exc}", file=sys.stderr)
+            return 1
+    _print_json(adapter)
+    return 0
+
+
+@_reports_errors
+def _adapters_ls(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for adapter in client.iter_adapters(page_size=_MAX_PAGE):
+            print(f"{adapter['id']}\t{adapter['latest']}\t{'pinned' if adapter['pinned'] else ''}")
+    return 0
+
+
+@_reports_errors
+def _adapters_action(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        actions: dict[str, Callable[[str], dict[str, Any]]] = {
+            "show": client.adapter,
+            "rm": client.delete_adapter,
+            "pin": client.pin_adapter,
+            "unpin": client.unpin_adapter,
+            "share": lambda name: client.share_adapter(name, args.tenants),
+        }
+        _print_json(actions[args.adapters_command](args.name))
+    return 0
+
+
+def command_group(sub: Subcommands, name: str, help_text: str) -> Subcommands:
+    """The subcommands of `loraq <name>`, made by whoever asks first: the server adds
+    `adapters demo` to the client's `adapters` commands this way."""
+    parser = sub.choices.get(name)
+    if parser is None:
+        parser = sub.add_parser(name, help=help_text)
+        return parser.add_subparsers(dest=f"{name}_command", required=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise ValueError(f"loraq {name} is a command, not a group of them")
+
+
+def _add_adapter_commands(sub: Subcommands, client: argparse.ArgumentParser) -> None:
+    commands = command_group(
+        sub, "adapters", "the adapter registry: push, ls, show, rm, pin, unpin, share"
+    )
+
+    p = commands.add_parser(
+        "push",
+        parents=[client],
+        help="upload a PEFT adapter directory (or a .tar/.tar.gz/.zip of one) as a new "
+        "revision; print the adapter as JSON",
+    )
+    p.add_argument("source", help="the adapter's directory, or an archive of it")
+    p.add_argument("--name", required=True, help="<your tenant>/<name>")
+    p.add_argument("--model", help="the base model it is for (default: the gateway's first)")
+    p.set_defaults(func=_adapters_push)
+
+    p = commands.add_parser(
+        "ls", parents=[client], help="list adapters: id, latest revision, pinned"
+    )
+    p.set_defaults(func=_adapters_ls)
+
+    helps = {
+        "show": "print an adapter as JSON (revisions, rank, targets, jobs, warm workers)",
+        "rm": "delete an adapter: new jobs are refused, jobs in flight finish",
+        "pin": "keep the adapter's latest revision loaded on its model's workers",
+        "unpin": "let the adapter be evicted like any other",
+        "share": "let these tenants use the adapter (replaces the former list)",
+    }
+    for command, text in helps.items():
+        p = commands.add_parser(command, parents=[client], help=text)
+        p.add_argument("name", help="org/name")
+        if command == "share":
+            p.add_argument("tenants", nargs="*", help="tenants (none: share with nobody)")
+        p.set_defaults(func=_adapters_action)
+
+
 def _client_parser() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
@@ -450,6 +534,7 @@ def add_client_commands(sub: Subcommands) -> None:
     p.set_defaults(func=_encode)
 
     _add_batch_commands(sub, client, texts)
+    _add_adapter_commands(sub, client)
 
 
 def _positive(value: str) -> int:

@@ -32,6 +32,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,7 @@ from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as _StandardWebhooksError
 
 from loraq_client import _json
+from loraq_client.adapters import adapter_parts, adapter_route
 
 USER_AGENT = "loraq-client/0.1"
 DEFAULT_TIMEOUT_S = 30.0
@@ -368,7 +370,7 @@ class _Call:
     delay_s: float = 0.0
     #: A multipart form (`files` streamed from their file objects by httpx).
     data: Mapping[str, str] | None = None
-    files: Mapping[str, tuple[str, bytes | IO[bytes]]] | None = None
+    files: Sequence[tuple[str, tuple[str, bytes | IO[bytes]]]] | None = None
     #: False for a body streamed from a file object that cannot seek back to its start: once
     #: the gateway answered, some of it was read and it cannot be sent again.
     replayable: bool = True
@@ -575,7 +577,7 @@ class _Core:
                 "POST",
                 "/v1/files",
                 data={"purpose": purpose},
-                files={"file": (filename or name, body)},
+                files=[("file", (filename or name, body))],
                 # Resent after a lost answer, a large upload would be stored (and sent) twice.
                 idempotent=False,
                 replayable=_replayable(body),
@@ -606,6 +608,38 @@ class _Core:
         # Not resent after a lost answer: the second DELETE would find no file (404).
         call = _Call("DELETE", f"/v1/files/{quote(file_id, safe='')}", idempotent=False)
         return _resource((yield from self._exchange(call)), "deleted file")
+
+    # -- Adapters ----------------------------------------------------------------------------
+
+    def _push_adapter_flow(
+        self, source: Path, name: str, model: str | None
+    ) -> _Flow[dict[str, Any]]:
+        with contextlib.ExitStack() as opened:
+            files: list[tuple[str, tuple[str, bytes | IO[bytes]]]] = [
+                ("file", (filename, opened.enter_context(path.open("rb"))))
+                for filename, path in adapter_parts(source)
+            ]
+            data = {"name": name, **({"model": model} if model else {})}
+            # Resent after a lost answer, the same files make the same revision: harmless.
+            call = _Call("POST", "/v1/adapters", data=data, files=files)
+            return _resource((yield from self._exchange(call)), "adapter")
+
+    def _adapter_flow(
+        self, name: str, method: str = "GET", action: str = "", body: Any = None
+    ) -> _Flow[dict[str, Any]]:
+        content = None if body is None else _json.dumps(body)
+        headers = {"content-type": _JSON} if body is not None else {}
+        # A lost answer to a DELETE is not resent: the second would find nothing (404).
+        call = _Call(
+            method, adapter_route(name, action), content, headers, idempotent=method != "DELETE"
+        )
+        return _resource((yield from self._exchange(call)), "adapter")
+
+    def _adapters_flow(self, limit: int | None, after: str | None) -> _Flow[Page[dict[str, Any]]]:
+        query = {"limit": limit, "after": after}
+        params = {key: str(value) for key, value in query.items() if value is not None}
+        call = _Call("GET", "/v1/adapters", params=params)
+        return _page((yield from self._exchange(call)), "adapter")
 
     def _create_batch_flow(
         self,
@@ -1065,6 +1099,38 @@ class LoraqClient(_Core):
     def delete_file(self, file_id: str) -> dict[str, Any]:
         return self._run(self._delete_file_flow(file_id))
 
+    def push_adapter(
+        self, source: str | os.PathLike[str], name: str, *, model: str | None = None
+    ) -> dict[str, Any]:
+        """Uploads a PEFT adapter (its directory, or a .tar/.tar.gz/.zip of it) as a new
+        revision of `name` (`<your tenant>/<name>`), checked by the gateway as a worker would
+        load it; returns the adapter, whose `latest` is the revision's hash. `model`: the base
+        model it is for (default: the gateway's first)."""
+        return self._run(self._push_adapter_flow(Path(source), name, model))
+
+    def adapter(self, name: str) -> dict[str, Any]:
+        return self._run(self._adapter_flow(name))
+
+    def adapters(self, limit: int | None = None, after: str | None = None) -> Page[dict[str, Any]]:
+        """One page of the adapters this key's tenant holds or is shared, by name."""
+        return self._run(self._adapters_flow(limit, after))
+
+    def iter_adapters(self, page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        return _pages(lambda after: self.adapters(page_size, after))
+
+    def delete_adapter(self, name: str) -> dict[str, Any]:
+        return self._run(self._adapter_flow(name, "DELETE"))
+
+    def pin_adapter(self, name: str) -> dict[str, Any]:
+        return self._run(self._adapter_flow(name, "POST", "pin"))
+
+    def unpin_adapter(self, name: str) -> dict[str, Any]:
+        return self._run(self._adapter_flow(name, "POST", "unpin"))
+
+    def share_adapter(self, name: str, tenants: Sequence[str]) -> dict[str, Any]:
+        """The tenants that may use the adapter, replacing the former list."""
+        return self._run(self._adapter_flow(name, "PUT", "sharing", {"tenants": list(tenants)}))
+
     def create_batch(
         self,
         input_file_id: str,
@@ -1234,6 +1300,37 @@ class AsyncLoraqClient(_Core):
 
     async def delete_file(self, file_id: str) -> dict[str, Any]:
         return await self._run(self._delete_file_flow(file_id))
+
+    async def push_adapter(
+        self, source: str | os.PathLike[str], name: str, *, model: str | None = None
+    ) -> dict[str, Any]:
+        """As `LoraqClient.push_adapter`."""
+        return await self._run(self._push_adapter_flow(Path(source), name, model))
+
+    async def adapter(self, name: str) -> dict[str, Any]:
+        return await self._run(self._adapter_flow(name))
+
+    async def adapters(
+        self, limit: int | None = None, after: str | None = None
+    ) -> Page[dict[str, Any]]:
+        return await self._run(self._adapters_flow(limit, after))
+
+    def iter_adapters(self, page_size: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        return _apages(lambda after: self.adapters(page_size, after))
+
+    async def delete_adapter(self, name: str) -> dict[str, Any]:
+        return await self._run(self._adapter_flow(name, "DELETE"))
+
+    async def pin_adapter(self, name: str) -> dict[str, Any]:
+        return await self._run(self._adapter_flow(name, "POST", "pin"))
+
+    async def unpin_adapter(self, name: str) -> dict[str, Any]:
+        return await self._run(self._adapter_flow(name, "POST", "unpin"))
+
+    async def share_adapter(self, name: str, tenants: Sequence[str]) -> dict[str, Any]:
+        return await self._run(
+            self._adapter_flow(name, "PUT", "sharing", {"tenants": list(tenants)})
+        )
 
     async def create_batch(
         self,
