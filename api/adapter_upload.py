@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -53,7 +53,9 @@ class Staging:
 
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="loraq-adapter-"))
-        self._store = LocalObjectStore(self.root / "parts")
+        self.parts_dir = self.root / "parts"
+        self.parts_dir.mkdir()
+        self._store = LocalObjectStore(self.parts_dir)
         self.parts: list[str] = []
 
     def open_part(self, filename: str) -> contextlib.AbstractContextManager[Writer]:
@@ -72,21 +74,25 @@ class Staging:
 
     def adapter_dir(self, name: str, rules: AdapterRules, max_upload_bytes: int) -> Path:
         """The directory holding the adapter's files: the parts, or the archive unpacked."""
-        parts = self.root / "parts"
+        parts = self.parts_dir
         if self.parts != [_ARCHIVE]:
             return parts
         out = self.root / "unpacked"
         out.mkdir()
-        limits = {
-            CONFIG_FILE: config_limit(rules),
-            WEIGHTS_FILE: rules.max_file_bytes,
-            PICKLE_FILE: rules.max_file_bytes,
-        }
-        unpack(name, parts / _ARCHIVE, out, limits, max_upload_bytes)
+        unpack(name, parts / _ARCHIVE, out, file_limits(rules), max_upload_bytes)
         return out
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def file_limits(rules: AdapterRules) -> dict[str, int]:
+    """The bytes each of an adapter's files may have: the worker's limits."""
+    return {
+        CONFIG_FILE: config_limit(rules),
+        WEIGHTS_FILE: rules.max_file_bytes,
+        PICKLE_FILE: rules.max_file_bytes,
+    }
 
 
 @dataclass(frozen=True)
@@ -179,9 +185,19 @@ def _copy(name: str, open_member: Opener, member: _Member, target: Path, limit: 
     """At most `limit` bytes, whatever the member's header claims."""
     if member.size > limit:
         raise too_large(name, target.name, member.size, limit)
+    with open_member(member) as source:
+        copy_bounded(name, read_blocks(source), target, limit)
+
+
+def read_blocks(source: IO[bytes]) -> Iterator[bytes]:
+    return iter(lambda: source.read(_COPY_BYTES), b"")
+
+
+def copy_bounded(name: str, blocks: Iterable[bytes], target: Path, limit: int) -> None:
+    """The blocks into `target`, refused (`ADAPTER_TOO_LARGE`) as soon as they pass `limit`."""
     written = 0
-    with open_member(member) as source, target.open("wb") as sink:
-        while block := source.read(_COPY_BYTES):
+    with target.open("wb") as sink:
+        for block in blocks:
             written += len(block)
             if written > limit:
                 raise too_large(name, target.name, written, limit)

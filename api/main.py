@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
             client, bulk.retention_s, bulk.max_open_batches_per_tenant, bulk.window_s
         )
         ad = settings.adapters
-        adapters = AdapterRegistry(client, open_store(ad.store, ad.store_endpoint), settings)
+        adapters = AdapterRegistry(client, open_store(ad.store, ad.s3_endpoint), settings)
         app.state.parse_limiter = parse_limiter()
         gateway = Gateway(
             settings, client, store, publisher, waiter, cluster, rate, idempotency, checks,

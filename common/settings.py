@@ -100,8 +100,14 @@ class AdapterSettings(_Section):
     #: The registry's store for adapters uploaded over the API (`/v1/adapters`): a local
     #: directory, or `s3://bucket/prefix` (needs the `s3` extra). Gateways and workers share it.
     store: str = ".loraq/adapter-store"
-    #: An S3-compatible endpoint for `store` (MinIO, a test server); empty: AWS.
-    store_endpoint: str | None = None
+    #: An S3-compatible endpoint (MinIO, a test server) for `store` and S3 imports; empty: AWS.
+    s3_endpoint: str | None = None
+    #: Buckets tenants may import adapters from (`s3://<bucket>/<prefix>`) with the gateway's
+    #: credentials; none: no S3 imports. Never the bucket of `store` or of anything private.
+    import_s3_buckets: list[str] = Field(default_factory=list)
+    #: Imports of public Hub repos (`hf://org/name@revision`) from `hub_endpoint` (default: the
+    #: Hugging Face Hub); sent without `hub_token`, so no tenant reads what the token may.
+    import_hub: bool = True
     #: One upload's bytes, all its files together (413 `FILE_TOO_LARGE` above).
     max_upload_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     #: What one tenant may hold in the registry: adapters, bytes of all their revisions, and

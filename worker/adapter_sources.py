@@ -257,9 +257,7 @@ class ChainSource:
 
 
 def sources_from_settings(settings: AdapterSettings) -> ChainSource:
-    registry = RegistrySource(
-        open_store(settings.store, settings.store_endpoint), settings.cache_dir
-    )
+    registry = RegistrySource(open_store(settings.store, settings.s3_endpoint), settings.cache_dir)
     sources: list[AdapterSource] = [registry, LocalDirSource(settings.dir)]
     if settings.hub:
         token = settings.hub_token.get_secret_value() if settings.hub_token else None

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from anyio import CancelScope, to_thread
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.adapter_import import fetch, parse_source
 from api.adapter_upload import Staging, check_upload
 from api.adapters import (
     AdapterRecord,
@@ -24,11 +25,12 @@ from api.adapters import (
     store_files,
 )
 from api.auth import Caller
+from api.body import parse_body
 from api.deps import CallerDep, GatewayDep
-from api.openapi import error_responses
+from api.openapi import error_responses, request_body
 from api.state import Gateway
 from api.uploads import StreamedForm, boundary_of, receive_form
-from common.adapter_check import AdapterRules
+from common.adapter_check import AdapterFiles, AdapterRules, CheckedAdapter
 from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.errors import InvalidInput, InvalidLoraId, ModelNotFound
 from common.schemas import validate_lora_id
@@ -88,6 +90,18 @@ class AdapterDeleted(BaseModel):
     deleted: Literal[True] = True
 
 
+class ImportRequest(BaseModel):
+    """An adapter imported by reference: `hf://<org>/<name>[@<revision>]` or
+    `s3://<bucket>/<prefix>` (a directory holding `adapter_config.json` and
+    `adapter_model.safetensors`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=200)
+    source: str = Field(max_length=1024)
+    model: str | None = Field(None, max_length=512)
+
+
 class Sharing(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -140,29 +154,25 @@ def _upload_checks(gw: Gateway, who: Caller) -> dict[str, Callable[[str], None]]
     return {"name": check_name, "model": check_model}
 
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["name", "file"],
-                    "properties": {
-                        "name": {"type": "string", "description": "`<org>/<name>`"},
-                        "model": {"type": "string", "description": "The base model"},
-                        "file": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": f"{CONFIG_FILE} and {WEIGHTS_FILE}, or one "
-                            ".tar, .tar.gz or .zip of the adapter's directory",
-                        },
-                    },
-                }
-            }
+def _upload_body() -> dict[str, Any]:
+    """Multipart files, or a JSON `ImportRequest`."""
+    form = {
+        "type": "object",
+        "required": ["name", "file"],
+        "properties": {
+            "name": {"type": "string", "description": "`<org>/<name>`"},
+            "model": {"type": "string", "description": "The base model"},
+            "file": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": f"{CONFIG_FILE} and {WEIGHTS_FILE}, or one .tar, .tar.gz or "
+                ".zip of the adapter's directory",
+            },
         },
     }
-}
+    body = request_body(ImportRequest)
+    body["requestBody"]["content"]["multipart/form-data"] = {"schema": form}
+    return body
 
 
 @router.post(
@@ -174,34 +184,38 @@ _UPLOAD_BODY = {
         201: {"model": AdapterView, "description": "A new revision (or the same files again)"},
         **error_responses(403, 404, 413, 422, 429, 503, codes=_CODES),
     },
-    openapi_extra=_UPLOAD_BODY,
+    openapi_extra=_upload_body(),
 )
 async def upload_adapter(request: Request, gw: GatewayDep, who: CallerDep) -> AdapterView:
-    """The files are streamed to the gateway's disk, checked with the worker's rules on a worker
-    thread, then stored as an immutable revision named by their content hash, which becomes the
+    """The files (multipart) are streamed to the gateway's disk, or fetched from the source a
+    JSON body names (`hf://...`, `s3://...`), then checked with the worker's rules on a worker
+    thread and stored as an immutable revision named by their content hash, which becomes the
     adapter's latest: new jobs take it at once, jobs already queued keep theirs."""
-    boundary = boundary_of(request.headers.get("content-type", ""))
+    content_type = request.headers.get("content-type", "")
+    imported = content_type.split(";")[0].strip().lower() == "application/json"
+    if imported:
+        body = await parse_body(request, ImportRequest, gw.settings.limits)
+        checks = _upload_checks(gw, who)
+        checks["name"](body.name)
+        if body.model is not None:
+            checks["model"](body.model)
+        ref = parse_source(body.source, gw.settings.adapters)
+    else:
+        boundary = boundary_of(content_type)
     await gw.rate.admit(who)
-    ad = gw.settings.adapters
     staging = Staging()
     try:
-        checks = _upload_checks(gw, who)
-        form = StreamedForm(
-            boundary, staging.open_part, ad.max_upload_bytes, checks, max_files=2,
-            required=("name",),
-        )  # fmt: skip
-        await receive_form(request, form, gw.adapters.check_limiter)
-        name = form.fields["name"]
-        model = form.fields.get("model") or next(iter(gw.settings.models))
-        await gw.adapters.precheck(name)
-        base = await gw.adapters.base(model)
-        directory = await to_thread.run_sync(
-            staging.adapter_dir, name, _rules(gw), ad.max_upload_bytes,
-            limiter=gw.adapters.check_limiter,
-        )  # fmt: skip
-        files, checked = await to_thread.run_sync(
-            check_upload, name, directory, base, _rules(gw), limiter=gw.adapters.check_limiter
-        )
+        if imported:
+            name, model = body.name, body.model
+            await gw.adapters.precheck(name)
+            await to_thread.run_sync(
+                fetch, name, ref, staging.parts_dir, _rules(gw), gw.settings.adapters,
+                limiter=gw.adapters.check_limiter,
+            )  # fmt: skip
+        else:
+            name, model = await _receive(request, gw, who, staging, boundary)
+        model = model or next(iter(gw.settings.models))
+        files, checked = await _check(gw, staging, name, model)
     finally:
         with CancelScope(shield=True):
             await to_thread.run_sync(staging.close)
@@ -213,6 +227,32 @@ async def upload_adapter(request: Request, gw: GatewayDep, who: CallerDep) -> Ad
     await _store(gw.adapters, name, model, revision, files.config, files.weights)
     record = await gw.adapters.visible(who, name)
     return view(gw, who, record)
+
+
+async def _receive(
+    request: Request, gw: Gateway, who: Caller, staging: Staging, boundary: bytes
+) -> tuple[str, str | None]:
+    """The form's parts into `staging`; its `name` and `model` fields."""
+    form = StreamedForm(
+        boundary, staging.open_part, gw.settings.adapters.max_upload_bytes,
+        _upload_checks(gw, who), max_files=2, required=("name",),
+    )  # fmt: skip
+    await receive_form(request, form, gw.adapters.check_limiter)
+    name = form.fields["name"]
+    await gw.adapters.precheck(name)
+    return name, form.fields.get("model")
+
+
+async def _check(
+    gw: Gateway, staging: Staging, name: str, model: str
+) -> tuple[AdapterFiles, CheckedAdapter]:
+    base = await gw.adapters.base(model)
+    rules, limiter = _rules(gw), gw.adapters.check_limiter
+    max_upload = gw.settings.adapters.max_upload_bytes
+    directory = await to_thread.run_sync(
+        staging.adapter_dir, name, rules, max_upload, limiter=limiter
+    )
+    return await to_thread.run_sync(check_upload, name, directory, base, rules, limiter=limiter)
 
 
 def _suffixes(modules: Iterable[str]) -> list[str]:

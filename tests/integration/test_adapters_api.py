@@ -12,9 +12,11 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +31,19 @@ from common import keys
 from common.adapter_check import content_hash
 from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.schemas import EncodeMessage
-from loraq.stack import wait_until
+from loraq.stack import free_port, wait_until
 from loraq_client import LoraqClient, NotFoundError
 from tests.asgi_server import serve
 from tests.cli import cli
 from tests.constants import FAKE_MODEL
 from tests.integration.gateway_app import Keys, code, job_body, settings
+from tests.integration.test_object_store import S3_ENV
 
 pytestmark = pytest.mark.integration
 
 TENANTS = (
     "acme", "oai", "corrupt", "forms", "other", "doomed", "capped", "pins", "sizes", "archives",
-    "sharer", "friend", "cli",
+    "sharer", "friend", "cli", "imports",
 )  # fmt: skip
 HIDDEN, LAYERS = 32, 2
 MAX_ADAPTERS = 3
@@ -83,8 +86,66 @@ class Served:
         return httpx.Client(base_url=self.url, headers=self.keys.headers(tenant), timeout=60)
 
 
+class FakeHub:
+    """The Hub's file API (`/<repo>/resolve/<revision>/<file>`) over a dict, on a real socket;
+    it remembers each request's path and whether it carried a token."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, bool]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hub.requests.append((self.path, "authorization" in self.headers))
+                data = hub.files.get(self.path)
+                self.send_response(404 if data is None else 200)
+                self.send_header("content-length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def publish(self, repo: str, revision: str, files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            self.files[f"/{repo}/resolve/{revision}/{name}"] = data
+
+
 @pytest.fixture(scope="module")
-def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def hub() -> Iterator[FakeHub]:
+    fake = FakeHub()
+    yield fake
+    fake.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local S3-compatible server (moto's) with the bucket `imports`; a boto3 client of it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in S3_ENV.items():
+            env.setenv(name, value)
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        for bucket in ("imports", "private"):
+            client.create_bucket(Bucket=bucket)
+        yield client
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def served(
+    module_redis_url: str, tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, s3: Any
+) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("adapters-api")
     tiny_config(root)
     api_keys = Keys()
@@ -93,6 +154,8 @@ def served(module_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         "dir": root / "adapters", "store": str(root / "store"),
         "max_adapters_per_tenant": MAX_ADAPTERS, "max_pinned_per_tenant": MAX_PINNED,
         "max_upload_bytes": MAX_UPLOAD, "max_bytes_per_tenant": 20_000, "delete_grace_s": 1,
+        "hub_endpoint": hub.url, "s3_endpoint": s3.meta.endpoint_url,
+        "import_s3_buckets": ["imports"],
     }  # fmt: skip
     s = settings(module_redis_url, root, entries, adapters=adapters)
     with serve(create_app(s)) as url:
@@ -258,7 +321,9 @@ def test_bad_forms_refused(served: Served) -> None:
         assert code(push(client, "forms/x@" + "a" * 16, files)) == (422, "INVALID_INPUT")
         assert code(push(client, "../x", files)) == (422, "INVALID_LORA_ID")
         assert code(push(client, "forms/x", files, model="no/such")) == (404, "MODEL_NOT_FOUND")
-        plain = client.post("/v1/adapters", json={"name": "forms/x"})
+        no_source = client.post("/v1/adapters", json={"name": "forms/x"})
+        assert code(no_source) == (422, "INVALID_INPUT")
+        plain = client.post("/v1/adapters", content=b"x", headers={"content-type": "text/plain"})
         assert code(plain) == (415, "UNSUPPORTED_MEDIA_TYPE")
 
 
@@ -416,3 +481,55 @@ def test_sdk_and_cli(served: Served, tmp_path: Path) -> None:
     assert json.loads(cli("adapters", "rm", "cli/sdk", env=env).stdout)["deleted"]
     missing = cli("adapters", "show", "cli/sdk", env=env)
     assert missing.returncode == 1 and "ADAPTER_NOT_FOUND" in missing.stderr
+
+
+def test_import_from_the_hub(served: Served, hub: FakeHub) -> None:
+    files = adapter_files(seed=80)
+    hub.publish("someone/legal-lora", "v2", files)
+    hub.publish(
+        "someone/pickled", "main", {CONFIG_FILE: files[CONFIG_FILE], "adapter_model.bin": b"x"}
+    )
+    hub.publish("someone/broken", "main", {**files, CONFIG_FILE: b'{"peft_type": "IA3"}'})
+    with served.http("imports") as client:
+
+        def imported(source: str, name: str = "imports/hub") -> httpx.Response:
+            return client.post("/v1/adapters", json={"name": name, "source": source})
+
+        response = imported("hf://someone/legal-lora@v2")
+        assert response.status_code == 201, response.text
+        assert response.json()["latest"] == revision_of(files)
+        assert not any(token for _, token in hub.requests), "no token goes to the Hub"
+        assert code(imported("hf://someone/legal-lora@v3")) == (404, "ADAPTER_NOT_FOUND")
+        assert code(imported("hf://someone/pickled")) == (422, "ADAPTER_UNSAFE_FORMAT")
+        assert code(imported("hf://someone/broken")) == (422, "ADAPTER_NOT_LORA")
+        assert code(imported("hf://../etc@main")) == (422, "INVALID_INPUT")
+        assert code(imported("hf://someone/legal-lora@../../x")) == (422, "INVALID_INPUT")
+        assert code(imported("ftp://somewhere/x")) == (422, "INVALID_INPUT")
+        assert code(imported("hf://someone/legal-lora@v2", "acme/theirs")) == (
+            403,
+            "ADAPTER_FORBIDDEN",
+        )
+        job = submit(client, "imports/hub")
+        assert queued_message(served.redis_url, job.json()["id"]).lora_id == (
+            f"imports/hub@{revision_of(files)}"
+        )
+
+
+def test_import_from_s3(served: Served, s3: Any) -> None:
+    files = adapter_files(seed=81)
+    for name, data in files.items():
+        s3.put_object(Bucket="imports", Key=f"team/adapters/x/{name}", Body=data)
+        s3.put_object(Bucket="private", Key=f"x/{name}", Body=data)
+    s3.put_object(Bucket="imports", Key=f"config-only/{CONFIG_FILE}", Body=files[CONFIG_FILE])
+    with served.http("imports") as client:
+
+        def imported(source: str) -> httpx.Response:
+            return client.post("/v1/adapters", json={"name": "imports/s3", "source": source})
+
+        response = imported("s3://imports/team/adapters/x/")
+        assert response.status_code == 201, response.text
+        assert response.json()["latest"] == revision_of(files)
+        assert code(imported("s3://private/x")) == (403, "ADAPTER_FORBIDDEN")
+        assert code(imported("s3://imports/nothing/here")) == (404, "ADAPTER_NOT_FOUND")
+        assert code(imported("s3://imports/config-only")) == (422, "ADAPTER_TENSORS_MISMATCH")
+        assert code(imported("s3://imports/a/../b")) == (422, "INVALID_INPUT")
