@@ -5,7 +5,8 @@ An adapter `org/name` belongs to the tenant `org` (its namespace). Its record
 (`keys.adapter`) names its latest revision; each revision is the content hash of its files
 (`common.adapter_check.content_hash`, what results echo as `adapter_hash`), described in
 `keys.adapter_revisions`. Every key of an org shares the hash tag `{org}`, so the Lua scripts
-below keep a record, the org's index and its byte count consistent in one step, caps included.
+(`api.adapter_scripts`) keep a record, the org's index and its byte count consistent in one
+step, caps included.
 
 Jobs never name a moving target: `resolve` turns `org/name` into `org/name@<latest>` at submit,
 and that pinned id is what the queue message carries, so a new revision takes new jobs at once
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from anyio import CapacityLimiter, to_thread
 
+from api.adapter_scripts import ADD_REVISION_LUA, DELETE_LUA, PIN_LUA
 from api.auth import Caller
 from common import keys
 from common.adapters import revision_id, revision_key, split_revision
@@ -50,57 +52,6 @@ from common.settings import Settings, resolve_model_path
 STORE_THREADS = 4
 #: Uploads checked at once per gateway process: each holds its files and their float32 copies.
 CHECK_THREADS = 2
-
-# KEYS: record, revisions, org index, org bytes. ARGV: name, org, model, hash, revision JSON,
-# bytes, max adapters, max bytes, now. The caps and the writes in one step.
-_ADD_REVISION_LUA = """
-if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
-  redis.call('HSET', KEYS[1], 'latest', ARGV[4], 'updated_at', ARGV[9])
-  return 'exists'
-end
-local model = redis.call('HGET', KEYS[1], 'model')
-if model and model ~= ARGV[3] then return 'model:' .. model end
-local new = redis.call('EXISTS', KEYS[1]) == 0
-if new and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[7]) then return 'count' end
-local used = tonumber(redis.call('GET', KEYS[4]) or '0')
-if used + tonumber(ARGV[6]) > tonumber(ARGV[8]) then return 'bytes' end
-if new then
-  redis.call('HSET', KEYS[1], 'name', ARGV[1], 'owner', ARGV[2], 'model', ARGV[3],
-    'created_at', ARGV[9], 'pinned', '0', 'shared', '', 'jobs', '0', 'loads', '0', 'bytes', '0')
-  redis.call('ZADD', KEYS[3], ARGV[9], ARGV[1])
-end
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
-redis.call('HSET', KEYS[1], 'latest', ARGV[4], 'updated_at', ARGV[9])
-redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[6])
-redis.call('INCRBY', KEYS[4], ARGV[6])
-return 'added'
-"""
-
-# KEYS: record, revisions, org index, org bytes, org pinned. ARGV: name. Returns the shared
-# tenants, then the revisions; nothing if there was no record.
-_DELETE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-local shared = redis.call('HGET', KEYS[1], 'shared') or ''
-local nbytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
-local revisions = redis.call('HKEYS', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[5], ARGV[1])
-redis.call('DECRBY', KEYS[4], nbytes)
-table.insert(revisions, 1, shared)
-return revisions
-"""
-
-# KEYS: record, org pinned. ARGV: name, cap. -1: no record; 0: at the cap; 1: pinned.
-_PIN_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then
-  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
-  redis.call('SADD', KEYS[2], ARGV[1])
-end
-redis.call('HSET', KEYS[1], 'pinned', '1')
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -161,9 +112,9 @@ class AdapterRegistry:
         self.limiter = CapacityLimiter(STORE_THREADS)
         self.check_limiter = CapacityLimiter(CHECK_THREADS)
         self._bases: dict[str, BaseDescription] = {}
-        self._add = client.register_script(_ADD_REVISION_LUA)
-        self._delete = client.register_script(_DELETE_LUA)
-        self._pin = client.register_script(_PIN_LUA)
+        self._add = client.register_script(ADD_REVISION_LUA)
+        self._delete = client.register_script(DELETE_LUA)
+        self._pin = client.register_script(PIN_LUA)
 
     async def base(self, model: str) -> BaseDescription:
         """The model as uploads are checked against it, read from its files once."""
@@ -263,6 +214,7 @@ class AdapterRegistry:
             )
         # A re-upload of a deleted revision's files: no worker drops it, no sweep deletes them.
         await self._redis.zrem(keys.DELETED_ADAPTERS, revision_id(name, revision.hash))
+        await self._redis.sadd(keys.ADAPTER_ORGS, org)
         if await self._redis.hget(keys.adapter(name), "pinned") in (b"1", "1"):
             await self._redis.hset(keys.PINNED_ADAPTERS, name, pinned_value(revision.hash, model))
         return outcome == "added"
@@ -348,12 +300,15 @@ class AdapterRegistry:
             await pipe.execute()
 
     async def names(self, who: Caller) -> list[str]:
-        """The caller's own adapters and those shared with it, by name."""
+        """The caller's own adapters and those shared with it, by name; every org's for
+        operators' keys (and everyone with auth disabled)."""
+        orgs = texts(await self._redis.smembers(keys.ADAPTER_ORGS)) if who.admin else []
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(keys.org_adapters(who.tenant), 0, -1)
+            for org in {who.tenant, *orgs}:
+                pipe.zrange(keys.org_adapters(org), 0, -1)
             pipe.smembers(keys.shared_adapters(who.tenant))
-            own, shared = await pipe.execute()
-        return sorted({text(n) for n in own} | {text(n) for n in shared})
+            found = await pipe.execute()
+        return sorted({text(n) for group in found for n in group})
 
     async def resolve(self, who: Caller, lora_id: str, model: str) -> str | None:
         """The revision a job gets: `org/name@<hash>` for a registry adapter the caller may use

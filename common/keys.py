@@ -35,6 +35,7 @@
 | loraq:adapters:{org}:pinned        | set     | -                   | api.adapters          |
 | loraq:adapters:{org}:bytes         | string  | -                   | api.adapters          |
 | loraq:tenant:{tenant}:adapters-shared | set  | -                   | api.adapters          |
+| loraq:adapters:orgs                | set     | -                   | api.adapters          |
 | loraq:adapters:pinned              | hash    | -                   | api.adapters          |
 | loraq:adapters:deleted             | zset    | adapters.delete_grace_s | api.adapters      |
 | loraq:celery:{queue}               | list    | -                   | kombu (Celery broker) |
@@ -70,6 +71,8 @@ EXPIRING_FILES = PREFIX + "files:expiring"
 OPEN_BATCHES = PREFIX + "batches:open"
 #: Registry adapters pinned to workers' slots: `org/name` -> JSON {revision, model}.
 PINNED_ADAPTERS = PREFIX + "adapters:pinned"
+#: Orgs that ever held a registry adapter: what operators' keys list.
+ADAPTER_ORGS = PREFIX + "adapters:orgs"
 #: Deleted registry revisions (`org/name@hash`) scored by deletion time: workers drop them,
 #: and gateways delete their files once `adapters.delete_grace_s` has passed.
 DELETED_ADAPTERS = PREFIX + "adapters:deleted"

@@ -26,13 +26,14 @@ import pytest
 import redis
 from safetensors.numpy import save
 
+from api.batch_runner import chunk_job_id
 from api.main import create_app
 from common import keys
 from common.adapter_check import content_hash
 from common.adapters import CONFIG_FILE, WEIGHTS_FILE
 from common.schemas import EncodeMessage
 from loraq.stack import free_port, wait_until
-from loraq_client import LoraqClient, NotFoundError
+from loraq_client import LoraqClient, NotFoundError, batch_lines
 from tests.asgi_server import serve
 from tests.cli import cli
 from tests.constants import FAKE_MODEL
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 TENANTS = (
     "acme", "oai", "corrupt", "forms", "other", "doomed", "capped", "pins", "sizes", "archives",
-    "sharer", "friend", "cli", "imports",
+    "sharer", "friend", "cli", "imports", "batcher", "lister",
 )  # fmt: skip
 HIDDEN, LAYERS = 32, 2
 MAX_ADAPTERS = 3
@@ -150,6 +151,7 @@ def served(
     tiny_config(root)
     api_keys = Keys()
     entries = [api_keys.entry(t, rate_per_s=1000, burst=1000) for t in TENANTS]
+    entries.append(api_keys.entry("ops", admin=True))
     adapters = {
         "dir": root / "adapters", "store": str(root / "store"),
         "max_adapters_per_tenant": MAX_ADAPTERS, "max_pinned_per_tenant": MAX_PINNED,
@@ -157,7 +159,8 @@ def served(
         "hub_endpoint": hub.url, "s3_endpoint": s3.meta.endpoint_url,
         "import_s3_buckets": ["imports"],
     }  # fmt: skip
-    s = settings(module_redis_url, root, entries, adapters=adapters)
+    bulk = {"store": str(root / "files"), "poll_s": 0.1}
+    s = settings(module_redis_url, root, entries, adapters=adapters, bulk=bulk)
     with serve(create_app(s)) as url:
         yield Served(url, api_keys, root, module_redis_url)
 
@@ -533,3 +536,53 @@ def test_import_from_s3(served: Served, s3: Any) -> None:
         assert code(imported("s3://imports/nothing/here")) == (404, "ADAPTER_NOT_FOUND")
         assert code(imported("s3://imports/config-only")) == (422, "ADAPTER_TENSORS_MISMATCH")
         assert code(imported("s3://imports/a/../b")) == (422, "INVALID_INPUT")
+
+
+def test_a_batch_runs_on_the_revisions_of_when_it_started(served: Served) -> None:
+    first, second = adapter_files(seed=90), adapter_files(seed=91)
+    r = redis.Redis.from_url(served.redis_url)
+    with served.http("batcher") as client:
+        assert push(client, "batcher/x", first).status_code == 201
+        assert push(client, "batcher/old", adapter_files(seed=92)).status_code == 201
+        old = revision_of(adapter_files(seed=92))
+        assert push(client, "batcher/old", adapter_files(seed=93)).status_code == 201
+        lines = [
+            *batch_lines(["a", "b"], FAKE_MODEL, "batcher/x"),
+            *batch_lines(["c"], f"{FAKE_MODEL}:batcher/old@{old}", custom_id_prefix="pinned-"),
+            *batch_lines(["d"], FAKE_MODEL, "batcher/missing", custom_id_prefix="missing-"),
+            *batch_lines(["e"], FAKE_MODEL, "acme/intent", custom_id_prefix="theirs-"),
+        ]
+        uploaded = client.post(
+            "/v1/files", files={"file": ("in.jsonl", "".join(lines).encode())},
+            data={"purpose": "batch"},
+        )  # fmt: skip
+        assert uploaded.status_code == 200, uploaded.text
+        batch = client.post(
+            "/v1/batches",
+            json={"input_file_id": uploaded.json()["id"], "endpoint": "/v1/embeddings",
+                  "completion_window": "24h"},
+        ).json()  # fmt: skip
+        wait_until(
+            lambda: r.exists(keys.job_message(chunk_job_id(batch["id"], 1))),
+            30,
+            "the batch's chunks to be queued",
+        )
+        # Uploaded after the batch started: its chunks keep the revision they were split with.
+        assert push(client, "batcher/x", second).status_code == 201
+        carried = {
+            queued_message(served.redis_url, chunk_job_id(batch["id"], k)).lora_id for k in range(2)
+        }
+        assert carried == {f"batcher/x@{revision_of(first)}", f"batcher/old@{old}"}
+        view = client.get(f"/v1/batches/{batch['id']}").json()
+        assert view["request_counts"]["failed"] == 2  # the missing one and another tenant's
+
+
+def test_operators_list_every_orgs_adapters(served: Served) -> None:
+    with served.http("lister") as client, served.http("ops") as ops:
+        assert push(client, "lister/a", adapter_files(seed=95)).status_code == 201
+        assert push(ops, "elsewhere/by-ops", adapter_files(seed=96)).status_code == 201
+        listed = [a["id"] for a in ops.get("/v1/adapters").json()["data"]]
+        assert {"lister/a", "elsewhere/by-ops"} <= set(listed)
+        assert [a["id"] for a in client.get("/v1/adapters").json()["data"]] == ["lister/a"]
+        assert ops.delete("/v1/adapters/lister/a").status_code == 200
+        assert ops.delete("/v1/adapters/elsewhere/by-ops").status_code == 200
