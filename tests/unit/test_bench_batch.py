@@ -38,7 +38,7 @@ def test_chunk_jobs_are_the_chunks_the_runner_cuts(
         adapters={"check_at_submit": False},
         bulk={"chunk_items": chunk_items},
     )
-    split = split_input(store, "in.jsonl", "b1", settings, Caller(LOCAL_TENANT, None))
+    split = split_input(store, "in.jsonl", "b1", settings, Caller(LOCAL_TENANT, None), {})
     assert (split.lines, split.invalid) == (n, 0)
     runner = []
     for k in range(split.chunks):
