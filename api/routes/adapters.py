@@ -182,7 +182,7 @@ def _upload_body() -> dict[str, Any]:
     status_code=201,
     responses={
         201: {"model": AdapterView, "description": "A new revision (or the same files again)"},
-        **error_responses(403, 404, 413, 422, 429, 503, codes=_CODES),
+        **error_responses(400, 403, 404, 413, 415, 422, 429, 503, codes=_CODES),
     },
     openapi_extra=_upload_body(),
 )
@@ -357,12 +357,14 @@ async def unpin_adapter(org: str, name: str, gw: GatewayDep, who: CallerDep) -> 
     "/{org}/{name}/sharing",
     operation_id="share_adapter",
     response_model=AdapterView,
-    responses=_ONE,
+    responses={**_ONE, **error_responses(400, 413, 415, 422, codes=_CODES)},
+    openapi_extra=request_body(Sharing),
 )
 async def share_adapter(
-    org: str, name: str, body: Sharing, gw: GatewayDep, who: CallerDep
+    org: str, name: str, request: Request, gw: GatewayDep, who: CallerDep
 ) -> AdapterView:
     """The tenants that may use the adapter (and see it listed), replacing the former list."""
+    body = await parse_body(request, Sharing, gw.settings.limits)
     full = adapter_name(org, name)
     await gw.adapters.share(who, full, body.tenants)
     return view(gw, who, await gw.adapters.visible(who, full))
