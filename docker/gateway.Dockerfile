@@ -74,11 +74,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/loraq
 
 # A fixed numeric uid so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
-# /adapters exists and is owned by that user so a fresh named volume mounted there inherits the
-# ownership (the gateway only reads it, to answer 404 for unknown adapters at submit).
+# /adapters and /adapter-store exist and are owned by that user so a fresh named volume mounted
+# there inherits the ownership (the gateway only reads /adapters, to answer 404 for unknown
+# adapters at submit; it writes uploaded adapters into /adapter-store, the registry's store).
 RUN groupadd --system --gid 10001 loraq \
     && useradd --system --uid 10001 --gid loraq --create-home --home-dir /home/loraq loraq \
-    && install -d -o loraq -g loraq /adapters
+    && install -d -o loraq -g loraq /adapters /adapter-store
 
 COPY --from=build /opt/venv /opt/venv
 

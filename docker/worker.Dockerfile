@@ -79,11 +79,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/home/loraq \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# Fixed numeric uid (runAsNonRoot can check it). /adapters is created owned by that user so a
-# fresh named volume mounted there inherits the ownership and `loraq adapters demo` can write it.
+# Fixed numeric uid (runAsNonRoot can check it). /adapters and /adapter-store are created owned
+# by that user so a fresh named volume mounted there inherits the ownership (`loraq adapters demo`
+# writes /adapters; the gateway writes the registry's /adapter-store, whoever mounts it first).
 RUN groupadd --system --gid 10001 loraq \
     && useradd --system --uid 10001 --gid loraq --create-home --home-dir /home/loraq loraq \
-    && install -d -o loraq -g loraq /adapters
+    && install -d -o loraq -g loraq /adapters /adapter-store
 
 COPY --from=build /opt/venv /opt/venv
 
