@@ -48,7 +48,7 @@ from common.object_store import ObjectStore
 from common.redis_values import text, texts
 from common.settings import Settings, resolve_model_path
 
-#: Object-store calls at once per gateway process for adapters.
+#: Object-store calls and imports (Hub, S3 downloads) at once per gateway process.
 STORE_THREADS = 4
 #: Uploads checked at once per gateway process: each holds its files and their float32 copies.
 CHECK_THREADS = 2

@@ -203,14 +203,14 @@ async def upload_adapter(request: Request, gw: GatewayDep, who: CallerDep) -> Ad
     else:
         boundary = boundary_of(content_type)
     await gw.rate.admit(who)
-    staging = Staging()
+    staging = await to_thread.run_sync(Staging)
     try:
         if imported:
             name, model = body.name, body.model
             await gw.adapters.precheck(name)
             await to_thread.run_sync(
                 fetch, name, ref, staging.parts_dir, _rules(gw), gw.settings.adapters,
-                limiter=gw.adapters.check_limiter,
+                limiter=gw.adapters.limiter,
             )  # fmt: skip
         else:
             name, model = await _receive(request, gw, who, staging, boundary)
