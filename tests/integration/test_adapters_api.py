@@ -343,6 +343,9 @@ def test_tenancy_of_every_route(served: Served) -> None:
             other.put("/v1/adapters/acme/private/sharing", json={"tenants": ["other"]}),
             submit(other, "acme/private"),
             submit(other, f"acme/private@{revision_of(files)}"),
+            other.post(
+                "/v1/embeddings", json={"model": f"{FAKE_MODEL}:acme/private", "input": "x"}
+            ),
         ):
             assert code(response) == code(missing) == (404, "ADAPTER_NOT_FOUND")
             assert "private" in response.json()["error"]["message"]
