@@ -171,14 +171,15 @@ class SentinelRedis:
             view: Any = client.sentinel_master(self.master_name)
             return dict(view)
 
-    def primary_port(self) -> int | None:
-        """The primary's port as most Sentinels see it (None while they disagree)."""
+    def primary_port(self, unanimous: bool = False) -> int | None:
+        """The primary's port as most Sentinels (or, `unanimous`, all) see it; else None."""
         ports = []
         for port in self.sentinels:
             with contextlib.suppress(redis.RedisError):
                 ports.append(int(self.sentinel_view(port)["port"]))
         best = max(set(ports), key=ports.count, default=None)
-        return best if best is not None and ports.count(best) * 2 > len(self.sentinels) else None
+        needed = len(self.sentinels) if unanimous else len(self.sentinels) // 2 + 1
+        return best if best is not None and ports.count(best) >= needed else None
 
     def replicas_online(self) -> int:
         """Replicas the primary streams to (their first full sync done)."""
@@ -209,10 +210,10 @@ class SentinelRedis:
         )
 
     def restart_node(self, port: int) -> None:
-        """Start a killed data node again, empty, on its port, as a replica of the primary the
+        """Start a killed data node again, empty, on its port, as a replica of the primary all
         Sentinels name, as a supervisor should: an empty node that came back as a primary
         would be copied by the others."""
-        primary = self.primary_port()
+        primary = self.primary_port(unanimous=True)
         if primary is None or primary == port:
             raise RuntimeError("restart a node only once the Sentinels have promoted another")
         self.nodes[port], _ = start_redis(
@@ -229,12 +230,13 @@ def start_sentinel_redis(
     work_dir: Path,
     replicas: int = 1,
     master_name: str = "loraq",
-    down_after_ms: int = 1000,
+    down_after_ms: int = 3000,
     failover_timeout_ms: int = 5000,
     timeout: float = 60,
 ) -> SentinelRedis:
     """A primary, `replicas` replicas and three Sentinels (quorum 2); a primary unreachable for
-    `down_after_ms` is failed over."""
+    `down_after_ms` is failed over. Sentinels ping once a second: much below 3 s a loaded host
+    gets false verdicts, and a needless second failover can promote a node restarted empty."""
     primary, _ = start_redis(work_dir / "redis-primary")
     primary_port = int(primary.name.removeprefix("redis-"))
     nodes = {primary_port: primary}

@@ -198,6 +198,7 @@ def fail_over(c: HaCluster, feed: Feed, kill_worker: bool) -> dict[str, float]:
         c.stack.workers[0].popen.send_signal(signal.SIGKILL)
     wait_until(lambda: c.redis.primary_port() not in (None, old), 30, "Sentinel to promote")
     promoted_s = time.time() - killed_at
+    wait_until(lambda: c.redis.primary_port(unanimous=True) not in (None, old), 30, "consensus")
     c.redis.restart_node(old)
     before = feed.count()
     wait_until(lambda: feed.count() >= before + 40, 60, "load after the failover")

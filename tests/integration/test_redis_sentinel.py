@@ -5,6 +5,7 @@ after a failover, and a submit with replica acks is accepted only while a replic
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from api.waiter import CompletionWaiter
 from common import keys
 from common.errors import QueueUnavailable
 from common.job_store import AsyncJobStore
@@ -85,6 +87,42 @@ def test_a_submit_is_accepted_only_once_a_replica_holds_it(group: SentinelRedis)
     with pytest.raises(QueueUnavailable, match="0 of 1 Redis replicas"):
         asyncio.run(create("job_unacked"))
     assert sync_client(settings).exists(keys.job("job_acked"))
+
+
+def test_a_long_poll_waits_across_a_failover(
+    group: SentinelRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A waiter whose reads fail while the Sentinels fail over keeps waiting, and answers the
+    job's outcome written on the new primary."""
+    settings = settings_for(group, redis_replica_acks=1)
+    old = group.primary_port()
+
+    def promoted() -> bool:
+        return group.primary_port() not in (None, old)
+
+    async def scenario() -> StoredJob | None:
+        client = async_client(settings)
+        store = AsyncJobStore(client, 60, replica_acks=1)
+        waiter = CompletionWaiter(client, store, recheck_s=0.2)
+        await waiter.start()
+        try:
+            await store.create(job("job_w"), b"{}", "q")
+            waiting = asyncio.create_task(waiter.wait("job_w", 60, None))
+            assert old is not None
+            group.nodes[old].popen.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(wait_until, promoted, 30, "Sentinel to promote")
+            assert not waiting.done(), "the wait goes on across the failover"
+            assert (await store.cancel("job_w", time.time())).applied
+            done, _ = await asyncio.wait_for(waiting, 30)
+            return done
+        finally:
+            await waiter.stop()
+            await client.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="api.waiter"):
+        done = asyncio.run(scenario())
+    assert done is not None and done.status == JobStatus.CANCELLED
+    assert any("waiting on" in r.getMessage() for r in caplog.records), "no read failed"
 
 
 def test_the_gateway_pool_is_bounded_with_sentinel_too(group: SentinelRedis) -> None:
