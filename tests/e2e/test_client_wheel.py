@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENT = REPO / "clients" / "python"
 #: What a client-only install must not bring: the heavy stacks and the server itself.
 SERVER_ONLY = ["torch", "transformers", "celery", "fastapi", "pydantic", "pydantic_settings"]
-CLIENT_COMMANDS = {"submit", "get", "wait", "cancel", "encode", "batch"}
+CLIENT_COMMANDS = {"submit", "get", "wait", "cancel", "encode", "batch", "adapters"}
 TEXTS = ["The tenant returns the keys at the end of the lease.", "short", "Ünïcode text"]
 
 PROBE = """
