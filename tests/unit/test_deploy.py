@@ -687,6 +687,8 @@ def test_compose_ha_profile_is_a_primary_a_replica_and_three_sentinels(
     conf = compose["configs"]["sentinel-conf"]["content"]
     assert "sentinel monitor loraq redis-primary 6379 2" in conf
     for name in ("gateway-ha", "worker-ha"):
+        # `docker compose --profile ha up gateway-ha worker-ha` starts exactly their dependencies.
+        assert sentinels | {"redis-replica"} <= set(services[name]["depends_on"])
         with clean_env.context() as mp:
             for key, value in services[name]["environment"].items():
                 mp.setenv(key, str(value))
