@@ -46,13 +46,13 @@ def _webhooks(_: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from loraq.stack import LOCAL_DEV_ENV, Stack, start_redis, store_reachable
+    from loraq.stack import LOCAL_DEV_ENV, Stack, needs_local_redis, start_redis
 
     settings = Settings()
     state_dir = Path(args.state_dir)
     env = {**LOCAL_DEV_ENV, **{k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}}
     redis_proc = None
-    if not store_reachable(settings):
+    if needs_local_redis(settings):
         redis_proc, url = start_redis(state_dir / "redis", appendonly=True, log_dir=state_dir)
         env["LORAQ_REDIS_URL"] = url
         print(f"started redis-server at {url} (data in {state_dir / 'redis'})")

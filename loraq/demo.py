@@ -18,7 +18,14 @@ import numpy as np
 
 from common.settings import DEFAULT_MODEL_ID, Settings, resolve_model_path
 from loraq.demo_data import DOMAINS, Domain
-from loraq.stack import LOCAL_DEV_ENV, Process, Stack, free_port, start_redis, store_reachable
+from loraq.stack import (
+    LOCAL_DEV_ENV,
+    Process,
+    Stack,
+    free_port,
+    needs_local_redis,
+    start_redis,
+)
 
 
 def make_demo_adapters(out_root: Path) -> list[str]:
@@ -91,7 +98,7 @@ def run_demo(state_dir: Path, port: int = 0) -> int:
     env = {**LOCAL_DEV_ENV, **{k: v for k, v in os.environ.items() if k.startswith("LORAQ_")}}
     env["LORAQ_ADAPTERS__DIR"] = str(adapter_dir.resolve())
     redis_proc: Process | None = None
-    if not store_reachable(settings):
+    if needs_local_redis(settings):
         redis_proc, env["LORAQ_REDIS_URL"] = start_redis(
             state_dir / "redis", log_dir=state_dir / "logs"
         )

@@ -66,6 +66,20 @@ def store_reachable(settings: Settings) -> bool:
         return False
 
 
+def needs_local_redis(settings: Settings) -> bool:
+    """Whether `loraq up` and `loraq demo` should start a redis-server of their own: when none
+    answers at `redis_url`. Never in place of a Sentinel deployment, whose primary is not theirs
+    to replace: its absence is an error."""
+    if store_reachable(settings):
+        return False
+    if settings.sentinel.addresses:
+        raise SystemExit(
+            f"no Redis primary named {settings.sentinel.master_name!r} is reachable through "
+            f"the Sentinels {settings.sentinel.addresses}"
+        )
+    return True
+
+
 @dataclass
 class Process:
     name: str

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from common.redis_connection import broker_options, broker_url, data_node_kwargs
 from common.settings import SentinelSettings, Settings
+from loraq.stack import free_port, needs_local_redis
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +70,14 @@ def test_sentinel_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     assert settings.sentinel.hosts() == [("a", 1), ("b", 2), ("c", 3)]
     assert settings.sentinel.master_name == "jobs"
     assert settings.redis_replica_acks == 1
+
+
+def test_loraq_up_never_starts_a_redis_in_place_of_a_sentinel_deployment() -> None:
+    unused = free_port()
+    alone = Settings(redis_url=f"redis://127.0.0.1:{unused}/0")
+    assert needs_local_redis(alone), "no Redis answers: `loraq up` starts one"
+    behind = Settings(
+        redis_url=alone.redis_url, sentinel=SentinelSettings(addresses=[f"127.0.0.1:{unused}"])
+    )
+    with pytest.raises(SystemExit, match="through the Sentinels"):
+        needs_local_redis(behind)
