@@ -5,6 +5,7 @@ after a failover, and a submit with replica acks is accepted only while a replic
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.waiter import CompletionWaiter
 from common import keys
+from common.broker import make_celery, publish_webhook
 from common.errors import QueueUnavailable
 from common.job_store import AsyncJobStore
 from common.redis_connection import async_client, sync_client
@@ -123,6 +126,20 @@ def test_a_long_poll_waits_across_a_failover(
         done = asyncio.run(scenario())
     assert done is not None and done.status == JobStatus.CANCELLED
     assert any("waiting on" in r.getMessage() for r in caplog.records), "no read failed"
+
+
+def test_celery_publishes_to_the_primary_the_sentinels_name(group: SentinelRedis) -> None:
+    """kombu's `sentinel://` transport, with our key prefix: the message lands where the
+    workers (and KEDA) look for it, on the primary."""
+    settings = settings_for(group)
+    app = make_celery(settings)
+    try:
+        publish_webhook(app, "job_hook")
+    finally:
+        app.close()
+    primary = redis.Redis(port=group.primary_port() or 0)
+    entries = primary.lrange(keys.queue_list(keys.WEBHOOK_QUEUE), 0, -1)
+    assert [json.loads(e)["headers"]["argsrepr"] for e in entries] == ["['job_hook']"]
 
 
 def test_the_gateway_pool_is_bounded_with_sentinel_too(group: SentinelRedis) -> None:
