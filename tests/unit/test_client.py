@@ -214,6 +214,21 @@ def test_backoff_without_usable_retry_after(
     assert 0.25 <= seen.sleeps[0] <= 0.5 and 0.5 <= seen.sleeps[1] <= 1.0
 
 
+def test_a_503s_retry_after_is_a_floor_under_a_growing_backoff(
+    run: Callable[..., tuple[Any, Recorder]],
+) -> None:
+    """During a Redis failover the gateway answers 503 with `Retry-After: 1` until a new
+    primary takes writes; the default retries must outlast that, so a 503's delays grow past
+    its Retry-After (a 429's, the gateway's own knowledge, is kept as is)."""
+    unavailable = error(503, "QUEUE_UNAVAILABLE", "1")
+    _, seen = run(sequence(*[unavailable] * 8, created()), submit_one, max_retries=8)
+    assert len(seen.sleeps) == 8 and min(seen.sleeps) >= 1.0
+    assert all(s >= 4.0 for s in seen.sleeps[4:]) and sum(seen.sleeps) >= 20.0
+    full = error(429, "QUEUE_FULL", "1")
+    _, seen = run(sequence(*[full] * 4, created()), submit_one, max_retries=8)
+    assert seen.sleeps == [1.0] * 4
+
+
 def test_gives_up_after_max_retries(run: Callable[..., tuple[Any, Recorder]]) -> None:
     with pytest.raises(RateLimitError) as caught:
         run(sequence(error(429, "QUEUE_FULL", "1")), submit_one, max_retries=2)

@@ -53,7 +53,9 @@ from loraq_client.adapters import adapter_parts, adapter_route
 
 USER_AGENT = "loraq-client/0.1"
 DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_MAX_RETRIES = 5
+#: With the backoff below, 8 retries span about 30 s: a 503 for a Redis failover (Sentinel
+#: promotes a replica in seconds; a primary's replica may take longer to resync) is ridden out.
+DEFAULT_MAX_RETRIES = 8
 #: The gateway holds a long poll at most this long (`GET /v1/jobs/{id}?wait=`).
 MAX_WAIT_S = 60.0
 #: The gateway's default `LORAQ_SYNC_TIMEOUT_S`: a sync encode may be held this long before its
@@ -470,6 +472,14 @@ class _Core:
         cap: float = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0**attempt)
         return cap * random.uniform(0.5, 1.0)
 
+    def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
+        """A 429's Retry-After is the gateway's knowledge (a quota's refill); a 503's is only
+        a floor: the gateway cannot know when Redis is back, so the backoff grows past it."""
+        wait = _retry_after(response)
+        if wait is None:
+            return self._backoff(attempt)
+        return max(wait, self._backoff(attempt)) if response.status_code == 503 else wait
+
     def _exchange(self, call: _Call) -> _Flow[httpx.Response]:
         """One call with retries: 429/503 after Retry-After (else backoff); transport errors
         after backoff when the request cannot have reached the gateway, or may be resent."""
@@ -488,8 +498,7 @@ class _Core:
                     if response.is_error:
                         raise _error_from_response(response)
                     return response
-                wait = _retry_after(response)
-                call = replace(call, delay_s=self._backoff(attempt) if wait is None else wait)
+                call = replace(call, delay_s=self._retry_delay(response, attempt))
             attempt += 1
 
     def _encode_flow(
