@@ -280,6 +280,11 @@ TEMPLATE_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
         {"redis": {"external": {"url": "", "existingSecret": "my-redis"}}},
         r"keda\.redis\.address",
     ),
+    "no files store": ({"stores": {"files": ""}}, r"stores\.files must be an s3:// prefix"),
+    "a local adapter store": (
+        {"stores": {"adapters": "/var/adapters"}},
+        r"stores\.adapters must be an s3:// prefix",
+    ),
 }
 
 
@@ -526,7 +531,7 @@ def test_pods_get_only_real_settings(
     case: tuple[dict[str, Any], list[Manifest]], clean_env: pytest.MonkeyPatch
 ) -> None:
     """loraq refuses unknown LORAQ_* variables at start: every one the chart sets must parse."""
-    _, docs = case
+    values, docs = case
     config = by_name(docs, "ConfigMap")[RELEASE]["data"]
     for dep in of_kind(docs, "Deployment"):
         c = container(dep)
@@ -544,6 +549,12 @@ def test_pods_get_only_real_settings(
         if c["name"] == "worker":
             assert settings.worker.model in settings.models
             assert str(settings.adapters.dir) == config["LORAQ_ADAPTERS__DIR"]
+        if c["name"] in ("gateway", "worker"):  # one shared store each, S3's endpoint alike
+            assert settings.adapters.store.startswith("s3://")
+            assert settings.adapters.s3_endpoint == (values["stores"].get("s3Endpoint") or None)
+        if c["name"] == "gateway":
+            assert settings.bulk.store.startswith("s3://")
+            assert settings.bulk.s3_endpoint == settings.adapters.s3_endpoint
 
 
 def test_sentinel_values_reach_every_pod_and_keda(

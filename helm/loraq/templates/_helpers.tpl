@@ -377,3 +377,21 @@ prints as 1.6777216e+07; whole numbers are printed as integers instead. */}}
 {{- . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The object stores' settings; both stores must be s3:// prefixes (see values.yaml). Redis
+is checked first: it is the one value the chart documents as required before these. */}}
+{{- define "loraq.storesEnv" -}}
+{{- $_ := include "loraq.redisUrl" . -}}
+{{- $stores := .Values.stores -}}
+{{- range $name := list "files" "adapters" -}}
+{{- if not (regexMatch "^s3://[^/]+" (get $stores $name)) -}}
+{{- fail (printf "stores.%s must be an s3:// prefix (e.g. s3://my-bucket/loraq/%s): every gateway and worker must see the same files, and a pod's own disk is neither shared nor writable" $name $name) -}}
+{{- end -}}
+{{- end -}}
+LORAQ_BULK__STORE: {{ $stores.files | quote }}
+LORAQ_ADAPTERS__STORE: {{ $stores.adapters | quote }}
+{{- with $stores.s3Endpoint }}
+LORAQ_BULK__S3_ENDPOINT: {{ . | quote }}
+LORAQ_ADAPTERS__S3_ENDPOINT: {{ . | quote }}
+{{- end }}
+{{- end -}}
