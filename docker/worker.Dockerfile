@@ -51,7 +51,7 @@ RUN set -eu; \
 # requirement is met by the local client, which is not on PyPI.
 COPY pyproject.toml README.md ./
 COPY clients/python/pyproject.toml clients/python/README.md ./clients/python/
-RUN pip install --no-cache-dir -c /tmp/constraints.txt ./clients/python ".[worker,demo]"
+RUN pip install --no-cache-dir -c /tmp/constraints.txt ./clients/python ".[worker,demo,s3]"
 
 COPY clients/python ./clients/python
 COPY api ./api

@@ -113,16 +113,17 @@ GATEWAY_RUNTIME_DEPS = {
 }
 #: Per image: the server's extras it installs, and the top-level packages it copies. The
 #: gateway image leaves out `worker` (it runs the gateway and the webhook worker, never an
-#: encode worker); the worker image has every package, for `loraq adapters demo` too.
+#: encode worker); the worker image has every package, for `loraq adapters demo` too. Both
+#: carry `s3`: the chart's object stores are S3 prefixes.
 IMAGES = {
     "gateway": (
         GATEWAY_DOCKERFILE,
-        {"gateway", "webhooks"},
+        {"gateway", "webhooks", "s3", "parquet"},
         {"api", "common", "webhooks", "loraq"},
     ),
     "worker": (
         WORKER_DOCKERFILE,
-        {"worker", "demo"},
+        {"worker", "demo", "s3"},
         {"api", "common", "webhooks", "loraq", "worker"},
     ),
 }
