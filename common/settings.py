@@ -81,7 +81,9 @@ class AdapterSettings(_Section):
     dir: Path = Path("adapters")
     #: Also look on the Hugging Face Hub (or the mirror at `hub_endpoint`) for `org/name`.
     hub: bool = False
-    hub_endpoint: str | None = None
+    #: Default: `HF_ENDPOINT`, the variable huggingface_hub itself follows, so one mirror
+    #: setting serves the workers' Hub source and the gateway's `hf://` imports alike.
+    hub_endpoint: str | None = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT"))
     hub_token: SecretStr | None = None
     #: Also look in `s3://bucket/prefix/<org>/<name>/` (needs boto3: `pip install loraq[s3]`).
     s3_uri: str | None = None

@@ -145,7 +145,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def served(
-    module_redis_url: str, tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, s3: Any
+    private_redis_url: str, tmp_path_factory: pytest.TempPathFactory, hub: FakeHub, s3: Any
 ) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("adapters-api")
     tiny_config(root)
@@ -156,13 +156,16 @@ def served(
         "dir": root / "adapters", "store": str(root / "store"),
         "max_adapters_per_tenant": MAX_ADAPTERS, "max_pinned_per_tenant": MAX_PINNED,
         "max_upload_bytes": MAX_UPLOAD, "max_bytes_per_tenant": 20_000, "delete_grace_s": 1,
-        "hub_endpoint": hub.url, "s3_endpoint": s3.meta.endpoint_url,
+        "s3_endpoint": s3.meta.endpoint_url,
         "import_s3_buckets": ["imports"],
     }  # fmt: skip
     bulk = {"store": str(root / "files"), "poll_s": 0.1}
-    s = settings(module_redis_url, root, entries, adapters=adapters, bulk=bulk)
+    with pytest.MonkeyPatch.context() as env:  # the Hub mirror as operators set it for any HF tool
+        env.setenv("HF_ENDPOINT", hub.url)
+        s = settings(private_redis_url, root, entries, adapters=adapters, bulk=bulk)
+    assert s.adapters.hub_endpoint == hub.url
     with serve(create_app(s)) as url:
-        yield Served(url, api_keys, root, module_redis_url)
+        yield Served(url, api_keys, root, private_redis_url)
 
 
 def push(client: httpx.Client, name: str, files: dict[str, bytes], **fields: str) -> httpx.Response:
