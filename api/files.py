@@ -301,7 +301,8 @@ class FileRecords:
         by_tenant: dict[str | None, list[tuple[str, str]]] = {}
         for file_id, raw in zip(due, raws, strict=True):
             record = _decode(raw) if raw else None
-            if record is None:  # its record outlived the grace: only the upload key is known
+            # No record (past its grace, or refused at upload): only the upload key is known.
+            if record is None:
                 by_tenant.setdefault(None, []).append((file_id, upload_key(file_id)))
             else:
                 by_tenant.setdefault(record.tenant, []).append((file_id, record.key))
