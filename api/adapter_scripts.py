@@ -3,7 +3,8 @@ tag `{org}`, consistent in one step, caps included, so concurrent uploads never 
 together."""
 
 # KEYS: record, revisions, org index, org bytes. ARGV: name, org, model, hash, revision JSON,
-# bytes, max adapters, max bytes, now. The caps and the writes in one step.
+# bytes, max adapters, max bytes, now. The caps and the writes in one step; the revision gets
+# its place in the order of uploads (`seq`).
 ADD_REVISION_LUA = """
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
   redis.call('HSET', KEYS[1], 'latest', ARGV[4], 'updated_at', ARGV[9])
@@ -20,7 +21,9 @@ if new then
     'created_at', ARGV[9], 'pinned', '0', 'shared', '', 'jobs', '0', 'loads', '0', 'bytes', '0')
   redis.call('ZADD', KEYS[3], ARGV[9], ARGV[1])
 end
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+local revision = cjson.decode(ARGV[5])
+revision['seq'] = redis.call('HINCRBY', KEYS[1], 'revision_seq', 1)
+redis.call('HSET', KEYS[2], ARGV[4], cjson.encode(revision))
 redis.call('HSET', KEYS[1], 'latest', ARGV[4], 'updated_at', ARGV[9])
 redis.call('HINCRBY', KEYS[1], 'bytes', ARGV[6])
 redis.call('INCRBY', KEYS[4], ARGV[6])

@@ -61,6 +61,9 @@ class Revision:
     bytes: int
     rank: int
     targets: list[str]
+    #: The order of uploads, counted per adapter by the script that records them: two uploads
+    #: in one second have the same `created_at`.
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class AdapterRegistry:
         fields = {text(k): text(v) for k, v in raw.items()}
         revisions = sorted(
             (Revision(hash=text(h), **json.loads(v)) for h, v in revs.items()),
-            key=lambda r: (r.created_at, r.hash),
+            key=lambda r: (r.seq, r.created_at, r.hash),
         )
         return AdapterRecord(
             name=fields["name"], owner=fields["owner"], model=fields["model"],

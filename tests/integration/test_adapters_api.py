@@ -44,7 +44,7 @@ pytestmark = pytest.mark.integration
 
 TENANTS = (
     "acme", "oai", "corrupt", "forms", "other", "doomed", "capped", "pins", "sizes", "archives",
-    "sharer", "friend", "cli", "imports", "batcher", "lister",
+    "sharer", "friend", "cli", "imports", "batcher", "lister", "ordered",
 )  # fmt: skip
 HIDDEN, LAYERS = 32, 2
 MAX_ADAPTERS = 3
@@ -234,6 +234,17 @@ def test_upload_then_jobs_get_the_latest_or_the_pinned_revision(served: Served) 
         again = push(acme, "acme/intent", first)  # the same files: the old revision, latest again
         assert again.status_code == 201 and again.json()["latest"] == revision_of(first)
         assert len(again.json()["revisions"]) == 2
+
+
+def test_revisions_are_listed_in_the_order_they_were_uploaded(served: Served) -> None:
+    """Uploads within one second share `created_at`: the order comes from the recording
+    script's count, not from the hashes (which sorted them at random before)."""
+    uploads = [adapter_files(seed=seed) for seed in (11, 12, 13, 14)]
+    with served.http("ordered") as http:
+        for files in uploads:
+            assert push(http, "ordered/revisions", files).status_code == 201
+        shown = http.get("/v1/adapters/ordered/revisions").json()
+    assert [r["hash"] for r in shown["revisions"]] == [revision_of(f) for f in uploads]
 
 
 def test_openai_route_takes_model_colon_adapter_at_hash(served: Served) -> None:
