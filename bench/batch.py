@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.control_plane_load import BenchError, Call, build_calls
 from bench.control_plane_procs import LOADGEN, cpu_snapshot, make_models, stack_env
 from bench.e2e import WORDS, InProcess, Jobs
+from bench.results_file import publish
 from common.settings import DEFAULT_MODEL_ID, BulkSettings, resolve_model_path
 from loraq.stack import LOCAL_DEV_ENV, Process, Stack, start_redis
 
@@ -641,10 +642,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table(result))
     print(f"process logs: {work}", file=sys.stderr)
     out = args.out or (None if args.quick or args.no_write else RESULTS)
-    if out is not None and not args.no_write:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    publish(result, None if args.no_write else out)
 
 
 if __name__ == "__main__":

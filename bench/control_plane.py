@@ -50,7 +50,6 @@ run, writes nothing unless `--out` is given). Settings of the stack can be chang
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -74,6 +73,7 @@ from bench.control_plane_phases import (
 from bench.control_plane_procs import make_models, stack_env, stop_worker
 from bench.e2e import make_texts
 from bench.h200_model import H200Timing
+from bench.results_file import publish
 from common.model_files import load_tokenizer
 from common.settings import BatchSettings
 from loraq.stack import Stack, start_redis
@@ -206,10 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(report.table(result))
     print(f"process logs: {work / 'logs'}", file=sys.stderr)
     out = args.out or (None if args.quick or args.no_write else RESULTS / "control_plane.json")
-    if out is not None and not args.no_write:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    publish(result, None if args.no_write else out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results_file import publish
 from common.settings import (
     DEFAULT_MODEL_ID,
     AdapterSettings,
@@ -221,10 +221,7 @@ def main() -> None:
     print(f"{'path':<12}{'items/s':>10}")
     print(f"{'in-process':<12}{result['inprocess_items_per_s']:>10}")
     print(f"{'stack':<12}{result['stack_items_per_s']:>10}   ratio {result['ratio']}")
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    publish(result, None if args.no_write else RESULTS)
 
 
 if __name__ == "__main__":

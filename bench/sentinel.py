@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import signal
 import sys
@@ -30,6 +29,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results_file import publish
 from common.errors import QueueUnavailable
 from common.job_store import AsyncJobStore
 from common.redis_connection import async_client
@@ -204,10 +204,7 @@ def main() -> None:
             result["failover_two_replicas"] = asyncio.run(failover_gap(group))
         finally:
             group.stop()
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    publish(result, None if args.no_write else RESULTS)
 
 
 if __name__ == "__main__":
